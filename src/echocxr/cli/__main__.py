@@ -1,0 +1,5 @@
+import sys
+
+from echocxr.cli import main
+
+sys.exit(main())

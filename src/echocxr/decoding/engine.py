@@ -1,0 +1,311 @@
+"""One batched decoding engine for AR, multi-step block diffusion and one-step (fused cache) decoding.
+
+The three decoders share the canvas (layout.py), the KV-cache handling, the stop logic (per-sample <eos> or
+length, finished samples leave the batch with their cache rows) and the statistics; they differ only in
+what one step feeds the model and how many tokens it commits.
+
+Cache conventions (ECHO-SPEC §5): denoising passes do not keep their KV (`crop(-L)` right after); a vanilla
+cache spends one extra forward to write a finished block; the fused cache feeds `[block n-1 | block n]` so the
+forward that predicts block n also writes block n-1. With `use_cache=False` every forward recomputes the
+whole sequence instead: the reference the cached paths are tested against.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from echocxr.backbones.loading import Backbone
+from echocxr.backbones.prompt import EncodedPrompt, encode_prompt
+from echocxr.backbones.settings import DECODERS, PREFILL_MODES
+from echocxr.decoding.layout import Canvas, build_canvas
+from echocxr.decoding.results import DecodeEvent, Generation
+from echocxr.decoding.sampling import REMASKING_STRATEGIES, sample_tokens, select_transfer, transfer_schedule
+from echocxr.diffusion.masks import canvas_mask
+from echocxr.errors import UserError
+
+EventHook = Callable[[DecodeEvent], None]
+
+
+@dataclass
+class DecodeConfig:
+    decoder: str = "onestep"  # ar | multistep | onestep
+    block_length: int = 4
+    steps: int = 4  # multistep rounds per block
+    remasking: str = "low_confidence_dynamic"
+    threshold: float = 0.85
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    prefill: str = "block_grid"  # block_grid (official) | response_aligned
+    fused: bool = True  # one-step only: fused block KV cache
+    use_cache: bool = True  # False: recompute everything each forward (reference path)
+    record_logits: bool = False  # attach each step's block logits to events
+    seed: int = 0
+
+    def validate(self) -> DecodeConfig:
+        if self.decoder not in DECODERS:
+            raise UserError(f"unknown decoder {self.decoder!r} (use one of: {', '.join(DECODERS)})")
+        if self.prefill not in PREFILL_MODES:
+            raise UserError(f"unknown prefill mode {self.prefill!r} (use one of: {', '.join(PREFILL_MODES)})")
+        if self.remasking not in REMASKING_STRATEGIES:
+            raise UserError(f"unknown remasking {self.remasking!r} (use one of: {', '.join(REMASKING_STRATEGIES)})")
+        if not 1 <= self.block_length <= 64:
+            raise UserError(f"block length must be in 1..64, got {self.block_length}")
+        if self.decoder == "multistep" and not 1 <= self.steps <= self.block_length:
+            raise UserError(f"steps must be in 1..block length ({self.block_length}), got {self.steps}")
+        if not 1 <= self.max_new_tokens <= 8192:
+            raise UserError(f"max new tokens must be in 1..8192, got {self.max_new_tokens}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise UserError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1.0 or self.top_k < 0:
+            raise UserError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+        return self
+
+    @property
+    def steps_per_block(self) -> int:
+        return 1 if self.decoder == "onestep" else self.steps
+
+
+class _Batch:
+    """The rows still decoding: canvas tensors, cache and per-row stats, shrunk as samples finish."""
+
+    def __init__(self, canvas: Canvas, prompts: list[EncodedPrompt], device: torch.device):
+        self.tokens = canvas.tokens.to(device)
+        self.key_valid = canvas.key_valid.to(device)
+        self.positions = canvas.positions.to(device)
+        self.groups = canvas.groups.to(device)
+        self.response_start = canvas.response_start.to(device)
+        self.C = canvas.prefill_end
+        self.n_blocks = canvas.n_blocks
+        self.index = torch.arange(len(prompts), device=device)  # original sample of each row
+        self.forwards = torch.zeros(len(prompts), dtype=torch.long, device=device)
+        self.prompts = prompts
+        self.cache = None
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        for name in ("tokens", "key_valid", "response_start", "index", "forwards"):
+            setattr(self, name, getattr(self, name)[rows])
+        self.positions = self.positions[:, rows]
+        if self.cache is not None:
+            self.cache.batch_select_indices(rows)
+
+    def vision_inputs(self) -> dict:
+        """pixel_values / image_grid_thw of the rows still in the batch, in row order."""
+        pv = [self.prompts[int(i)].pixel_values for i in self.index]
+        if all(p is None for p in pv):
+            return {}
+        grids = [self.prompts[int(i)].image_grid_thw for i in self.index]
+        return {"pixel_values": torch.cat([p for p in pv if p is not None]),
+                "image_grid_thw": torch.cat([g for g in grids if g is not None])}
+
+
+class ReportEngine:
+    """Decodes batches of encoded prompts with one backbone."""
+
+    def __init__(self, backbone: Backbone):
+        self.bb = backbone
+        self.model = backbone.model
+        self.device = backbone.device
+        self.is_vision = backbone.is_vision
+        self.eos = torch.tensor(backbone.eos_token_ids or [-1], device=self.device)
+        self.pad_id = backbone.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = backbone.eos_token_ids[0] if backbone.eos_token_ids else 0
+
+    # ---- public API -------------------------------------------------------------------------------
+    def default_config(self, **overrides) -> DecodeConfig:
+        s = self.bb.settings
+        cfg = DecodeConfig(decoder=s.decoder, block_length=s.block_length, steps=min(s.steps, s.block_length),
+                           remasking=s.remasking, threshold=s.threshold, prefill=s.prefill)
+        return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+    def encode(self, images, lang: str = "en", instruction: str | None = None) -> EncodedPrompt:
+        return encode_prompt(self.bb.tokenizer, self.bb.image_processor, images, lang=lang, instruction=instruction)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[EncodedPrompt], cfg: DecodeConfig,
+                 on_event: EventHook | None = None) -> list[Generation]:
+        cfg.validate()
+        if not prompts:
+            return []
+        mode = "ar" if cfg.decoder == "ar" else cfg.prefill
+        rope = self._rope_index if self.is_vision else None
+        canvas = build_canvas(prompts, mode, cfg.block_length, cfg.max_new_tokens,
+                              fill_id=self.bb.mask_token_id if cfg.decoder != "ar" else self.pad_id,
+                              pad_id=self.pad_id, rope_index=rope)
+        batch = _Batch(canvas, prompts, self.device)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        results: list[Generation | None] = [None] * len(prompts)
+
+        t0 = self._now()
+        prefill_end = batch.C - 1 if cfg.decoder == "ar" else batch.C
+        if cfg.use_cache:
+            from transformers import DynamicCache
+
+            batch.cache = DynamicCache()
+            if prefill_end > 0:
+                self._forward(batch, 0, prefill_end, keep=0, vision=True)
+        prefill_s = self._now() - t0
+        t_decode = self._now()
+        finish = _Finisher(self, batch, cfg, results, prefill_s, t_decode, on_event)
+        if cfg.decoder == "ar":
+            self._decode_ar(batch, cfg, gen, finish, on_event)
+        else:
+            self._decode_blocks(batch, cfg, gen, finish, on_event)
+        return [r for r in results if r is not None]
+
+    # ---- decoders ---------------------------------------------------------------------------------
+    def _decode_ar(self, batch: _Batch, cfg: DecodeConfig, gen, finish: _Finisher, on_event) -> None:
+        for t in range(batch.n_blocks):
+            if not len(batch):
+                return
+            col = batch.C - 1 + t
+            logits = self._step_logits(batch, col, col + 1, cfg)
+            tok, _, _ = sample_tokens(logits[:, -1:], cfg.temperature, cfg.top_k, cfg.top_p, gen)
+            batch.tokens[:, col + 1] = tok[:, 0]
+            batch.forwards += 1
+            if on_event is not None:
+                for r in range(len(batch)):
+                    on_event(DecodeEvent("step", int(batch.index[r]), t, 0, [int(tok[r, 0])], [True], t,
+                                         logits[r, -1:].float().cpu() if cfg.record_logits else None))
+            finish.after_step(col + 1, col + 2)
+
+    def _decode_blocks(self, batch: _Batch, cfg: DecodeConfig, gen, finish: _Finisher, on_event) -> None:
+        L = cfg.block_length
+        schedule = transfer_schedule(L, cfg.steps_per_block)
+        fused = cfg.decoder == "onestep" and cfg.fused and cfg.use_cache
+        mask_id = self.bb.mask_token_id
+        for n in range(batch.n_blocks):
+            if not len(batch):
+                return
+            b0 = batch.C + n * L
+            b1 = b0 + L
+            cur = batch.tokens[:, b0:b1].clone()
+            carry_prev = fused and n > 0  # this forward also writes block n-1's KV
+            for step, k in enumerate(schedule):
+                masked = cur == mask_id
+                active = masked.any(dim=1)
+                if not bool(active.any()):
+                    break
+                batch.tokens[:, b0:b1] = cur
+                logits = self._step_logits(batch, b0 - L if carry_prev else b0, b1, cfg, denoise=True)
+                logits[..., mask_id] = float("-inf")  # never "predict" a mask
+                x0, conf, _ = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen)
+                commit = select_transfer(masked, conf, k, cfg.remasking, cfg.threshold)
+                cur = torch.where(commit, x0, cur)
+                batch.forwards += active.long()
+                carry_prev = False
+                if on_event is not None:
+                    self._emit_steps(batch, on_event, n, step, cur, commit, active, b0, logits, cfg)
+            batch.tokens[:, b0:b1] = cur
+            finish.after_step(b0, b1)
+            if cfg.use_cache and not fused and len(batch) and n + 1 < batch.n_blocks:
+                self._forward(batch, b0, b1, keep=0)  # vanilla cache: write the finished block
+
+    # ---- model calls ------------------------------------------------------------------------------
+    def _step_logits(self, batch: _Batch, q0: int, q1: int, cfg: DecodeConfig, denoise: bool = False) -> torch.Tensor:
+        """Logits for the last `n` fed columns, n = block length (denoise) or 1 (AR)."""
+        n = cfg.block_length if denoise else 1
+        if not cfg.use_cache:
+            return self._forward(batch, 0, q1, keep=n, vision=True, use_cache=False)
+        logits = self._forward(batch, q0, q1, keep=n)
+        if denoise:
+            batch.cache.crop(-n)  # denoising passes never keep the current block's KV
+        return logits
+
+    def _forward(self, batch: _Batch, q0: int, q1: int, keep: int, vision: bool = False,
+                 use_cache: bool = True) -> torch.Tensor | None:
+        cols = torch.arange(q0, q1, device=self.device)
+        mask = canvas_mask(batch.groups, cols, q1, batch.key_valid, self.bb.dtype)
+        pos = batch.positions[:, :, q0:q1]
+        kwargs = dict(
+            input_ids=batch.tokens[:, q0:q1],
+            attention_mask=mask,
+            position_ids=pos if self.is_vision else pos[0],
+            past_key_values=batch.cache if use_cache else None,
+            use_cache=use_cache,
+            logits_to_keep=max(keep, 1),
+        )
+        if (vision or q0 == 0) and self.is_vision:
+            kwargs.update(batch.vision_inputs())
+        out = self.model(**kwargs)
+        return out.logits if keep else None
+
+    def _rope_index(self, prompt: EncodedPrompt) -> torch.Tensor:
+        if prompt.image_grid_thw is None:
+            return torch.arange(prompt.length)[None].expand(3, -1)
+        pos, _ = self.model.model.get_rope_index(
+            prompt.input_ids[None].to(self.device), prompt.mm_token_type_ids[None].to(self.device),
+            image_grid_thw=prompt.image_grid_thw.to(self.device))
+        return pos[:, 0].cpu()
+
+    def _emit_steps(self, batch, on_event, n, step, cur, commit, active, b0, logits, cfg) -> None:
+        for r in range(len(batch)):
+            if not bool(active[r]):
+                continue
+            on_event(DecodeEvent(
+                "step", int(batch.index[r]), n, step, cur[r].tolist(), commit[r].tolist(),
+                b0 - int(batch.response_start[r]),
+                logits[r].float().cpu() if cfg.record_logits else None))
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+
+class _Finisher:
+    """Per-sample stop logic: the first block (or token) containing <eos>, or max_new_tokens reached."""
+
+    def __init__(self, engine: ReportEngine, batch: _Batch, cfg: DecodeConfig, results: list, prefill_s: float,
+                 t_decode: float, on_event):
+        self.e, self.batch, self.cfg, self.results = engine, batch, cfg, results
+        self.prefill_s, self.t_decode, self.on_event = prefill_s, t_decode, on_event
+
+    def after_step(self, c0: int, c1: int) -> None:
+        b = self.batch
+        cols = torch.arange(c0, c1, device=b.tokens.device)
+        generated = cols[None, :] >= b.response_start[:, None]
+        is_eos = torch.isin(b.tokens[:, c0:c1], self.e.eos) & generated
+        produced = c1 - b.response_start
+        done = is_eos.any(dim=1) | (produced >= self.cfg.max_new_tokens)
+        if not bool(done.any()):
+            return
+        now = self.e._now()
+        for r in torch.nonzero(done).flatten().tolist():
+            self.results[int(b.index[r])] = self._result(r, now)
+        b.keep(torch.nonzero(~done).flatten())
+
+    def _result(self, r: int, now: float) -> Generation:
+        b, cfg = self.batch, self.cfg
+        start = int(b.response_start[r])
+        row = b.tokens[r, start:].tolist()
+        eos_set = set(self.e.bb.eos_token_ids)
+        stop, cut = "length", min(len(row), cfg.max_new_tokens)
+        for j, t in enumerate(row[:cut]):
+            if t in eos_set:
+                stop, cut = "eos", j
+                break
+        ids = row[:cut]
+        gen = Generation(
+            text=self.e.bb.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+            token_ids=ids,
+            tokens=cut + (1 if stop == "eos" else 0),
+            forwards=int(b.forwards[r]),
+            prefill_s=self.prefill_s,
+            decode_s=now - self.t_decode,
+            stop=stop,
+            decoder=cfg.decoder,
+            block_length=1 if cfg.decoder == "ar" else cfg.block_length,
+        )
+        if self.on_event is not None:
+            self.on_event(DecodeEvent("done", int(b.index[r]), -1, -1, [], [], generation=gen))
+        return gen

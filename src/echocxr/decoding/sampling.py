@@ -1,0 +1,73 @@
+"""Token choice from logits (greedy / temperature / top-k / top-p) and the remasking rules.
+
+Remasking follows the official ECHO/SDAR code: a step may commit `k` tokens where `k` comes from an even
+split of the block length over the steps; `low_confidence_dynamic` commits every masked position whose
+confidence beats the threshold when that is at least `k` of them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+REMASKING_STRATEGIES = ("sequential", "low_confidence_static", "low_confidence_dynamic")
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """logits (..., V) -> (tokens (...), confidence of each token (...), distribution (..., V)).
+
+    The distribution is the one the token was drawn from (after temperature and filtering); greedy uses
+    the plain softmax. Works in float32 whatever the model dtype.
+    """
+    shape = logits.shape[:-1]
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    if temperature <= 0:
+        probs = F.softmax(flat, dim=-1)
+        tokens = flat.argmax(dim=-1)
+    else:
+        scaled = flat / temperature
+        if top_k > 0:
+            kth = torch.topk(scaled, min(top_k, scaled.shape[-1])).values[:, -1:]
+            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        if top_p < 1.0:
+            sorted_logits, order = torch.sort(scaled, descending=True)
+            cum = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
+            drop_sorted = cum > top_p
+            drop_sorted[:, 1:] = drop_sorted[:, :-1].clone()
+            drop_sorted[:, 0] = False
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            scaled = scaled.masked_fill(drop, float("-inf"))
+        probs = F.softmax(scaled, dim=-1)
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    conf = probs.gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens.view(shape), conf.view(shape), probs.view(*shape, -1)
+
+
+def transfer_schedule(block_length: int, steps: int) -> list[int]:
+    """How many tokens each of `steps` rounds commits: an even split, remainder to the first rounds."""
+    base, rem = divmod(block_length, steps)
+    return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+def select_transfer(masked: torch.Tensor, confidence: torch.Tensor, k: int, strategy: str,
+                    threshold: float = 0.85) -> torch.Tensor:
+    """Which masked positions to commit this round. masked/confidence: (A, L) -> bool (A, L)."""
+    if strategy not in REMASKING_STRATEGIES:
+        raise ValueError(f"unknown remasking strategy {strategy!r} (use one of {REMASKING_STRATEGIES})")
+    n_masked = masked.sum(dim=1)
+    kk = torch.clamp(n_masked, max=k)  # per row
+    L = masked.shape[1]
+    if strategy == "sequential":
+        rank = masked.long().cumsum(dim=1)  # 1-based rank among masked positions, left to right
+        return masked & (rank <= kk[:, None])
+    conf = confidence.masked_fill(~masked, float("-inf"))
+    order = torch.argsort(conf, dim=1, descending=True, stable=True)
+    top = torch.zeros_like(masked)
+    top.scatter_(1, order, torch.arange(L, device=masked.device)[None, :].expand_as(order) < kk[:, None])
+    top &= masked
+    if strategy == "low_confidence_static":
+        return top
+    high = masked & (confidence > threshold)
+    use_high = high.sum(dim=1) >= kk
+    return torch.where(use_high[:, None], high, top)
