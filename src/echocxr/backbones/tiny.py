@@ -69,8 +69,13 @@ def tiny_qwen2_config(tokenizer: PreTrainedTokenizerBase, hidden: int = 64, laye
     return Qwen2Config(**tiny_text_kwargs(tokenizer, hidden, layers, heads, max(1, heads // 2)))
 
 
-def build_tiny_model(kind: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, **sizes):
-    """kind: 'qwen2_5_vl' or 'qwen2'. Deterministic weights for a given seed."""
+def build_tiny_model(kind: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, init_std: float | None = None,
+                     **sizes):
+    """kind: 'qwen2_5_vl' or 'qwen2'. Deterministic weights for a given seed.
+
+    `init_std` re-draws every weight matrix with that std: tests use a large one so an untrained model's
+    outputs depend visibly on its input (at the default 0.02 a tiny model predicts nearly one token).
+    """
     torch.manual_seed(seed)
     if kind == "qwen2_5_vl":
         model = Qwen2_5_VLForConditionalGeneration(tiny_qwen2_5_vl_config(tokenizer, **sizes))
@@ -78,6 +83,11 @@ def build_tiny_model(kind: str, tokenizer: PreTrainedTokenizerBase, seed: int = 
         model = Qwen2ForCausalLM(tiny_qwen2_config(tokenizer, **sizes))
     else:
         raise ValueError(f"unknown tiny model kind {kind!r} (expected 'qwen2_5_vl' or 'qwen2')")
+    if init_std is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() >= 2:
+                    p.normal_(0.0, init_std)
     model.config.mask_token_id = tokenizer.mask_token_id
     model.generation_config = GenerationConfig(
         eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id], pad_token_id=tokenizer.pad_token_id
@@ -86,11 +96,12 @@ def build_tiny_model(kind: str, tokenizer: PreTrainedTokenizerBase, seed: int = 
 
 
 def save_tiny_checkpoint(out_dir: str | Path, kind: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0,
-                         echo_config: dict | None = None, model=None, **sizes) -> Path:
+                         echo_config: dict | None = None, model=None, init_std: float | None = None,
+                         **sizes) -> Path:
     """Write model + tokenizer (+ image processor for VL) in the layout of a real HF checkpoint."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = model if model is not None else build_tiny_model(kind, tokenizer, seed=seed, **sizes)
+    model = model if model is not None else build_tiny_model(kind, tokenizer, seed=seed, init_std=init_std, **sizes)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     if kind == "qwen2_5_vl":

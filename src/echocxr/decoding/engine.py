@@ -116,6 +116,13 @@ class ReportEngine:
         self.device = backbone.device
         self.is_vision = backbone.is_vision
         self.eos = torch.tensor(backbone.eos_token_ids or [-1], device=self.device)
+        # never emitted: the mask itself and vision placeholders (they would be read as image slots)
+        cfg = self.model.config
+        suppress = {backbone.mask_token_id}
+        for name in ("image_token_id", "video_token_id"):
+            if getattr(cfg, name, None) is not None:
+                suppress.add(int(getattr(cfg, name)))
+        self.suppress = torch.tensor(sorted(suppress), device=self.device)
         self.pad_id = backbone.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = backbone.eos_token_ids[0] if backbone.eos_token_ids else 0
@@ -131,8 +138,13 @@ class ReportEngine:
         return encode_prompt(self.bb.tokenizer, self.bb.image_processor, images, lang=lang, instruction=instruction)
 
     @torch.inference_mode()
-    def generate(self, prompts: list[EncodedPrompt], cfg: DecodeConfig,
-                 on_event: EventHook | None = None) -> list[Generation]:
+    def generate(self, prompts: list[EncodedPrompt], cfg: DecodeConfig, on_event: EventHook | None = None,
+                 is_cancelled: Callable[[int], bool] | None = None) -> list[Generation]:
+        """Decode a batch; results come back in prompt order.
+
+        on_event: called after every denoising forward for each sample in it and when a sample ends;
+        is_cancelled(sample): checked after every step, a cancelled sample leaves the batch (stop='cancelled').
+        """
         cfg.validate()
         if not prompts:
             return []
@@ -155,12 +167,12 @@ class ReportEngine:
                 self._forward(batch, 0, prefill_end, keep=0, vision=True)
         prefill_s = self._now() - t0
         t_decode = self._now()
-        finish = _Finisher(self, batch, cfg, results, prefill_s, t_decode, on_event)
+        finish = _Finisher(self, batch, cfg, results, prefill_s, t_decode, on_event, is_cancelled)
         if cfg.decoder == "ar":
             self._decode_ar(batch, cfg, gen, finish, on_event)
         else:
             self._decode_blocks(batch, cfg, gen, finish, on_event)
-        return [r for r in results if r is not None]
+        return [r for r in results if r is not None]  # all set: every sample ends by eos, length or cancel
 
     # ---- decoders ---------------------------------------------------------------------------------
     def _decode_ar(self, batch: _Batch, cfg: DecodeConfig, gen, finish: _Finisher, on_event) -> None:
@@ -169,6 +181,7 @@ class ReportEngine:
                 return
             col = batch.C - 1 + t
             logits = self._step_logits(batch, col, col + 1, cfg)
+            logits[..., self.suppress] = float("-inf")
             tok, _, _ = sample_tokens(logits[:, -1:], cfg.temperature, cfg.top_k, cfg.top_p, gen)
             batch.tokens[:, col + 1] = tok[:, 0]
             batch.forwards += 1
@@ -197,7 +210,7 @@ class ReportEngine:
                     break
                 batch.tokens[:, b0:b1] = cur
                 logits = self._step_logits(batch, b0 - L if carry_prev else b0, b1, cfg, denoise=True)
-                logits[..., mask_id] = float("-inf")  # never "predict" a mask
+                logits[..., self.suppress] = float("-inf")
                 x0, conf, _ = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen)
                 commit = select_transfer(masked, conf, k, cfg.remasking, cfg.threshold)
                 cur = torch.where(commit, x0, cur)
@@ -266,9 +279,10 @@ class _Finisher:
     """Per-sample stop logic: the first block (or token) containing <eos>, or max_new_tokens reached."""
 
     def __init__(self, engine: ReportEngine, batch: _Batch, cfg: DecodeConfig, results: list, prefill_s: float,
-                 t_decode: float, on_event):
+                 t_decode: float, on_event, is_cancelled=None):
         self.e, self.batch, self.cfg, self.results = engine, batch, cfg, results
         self.prefill_s, self.t_decode, self.on_event = prefill_s, t_decode, on_event
+        self.is_cancelled = is_cancelled
 
     def after_step(self, c0: int, c1: int) -> None:
         b = self.batch
@@ -277,19 +291,27 @@ class _Finisher:
         is_eos = torch.isin(b.tokens[:, c0:c1], self.e.eos) & generated
         produced = c1 - b.response_start
         done = is_eos.any(dim=1) | (produced >= self.cfg.max_new_tokens)
+        cancelled = torch.zeros_like(done)
+        if self.is_cancelled is not None:
+            cancelled = torch.tensor([bool(self.is_cancelled(int(i))) for i in b.index], device=done.device)
+            done |= cancelled
         if not bool(done.any()):
             return
         now = self.e._now()
         for r in torch.nonzero(done).flatten().tolist():
-            self.results[int(b.index[r])] = self._result(r, now)
+            self.results[int(b.index[r])] = self._result(r, now, cancelled=bool(cancelled[r]))
         b.keep(torch.nonzero(~done).flatten())
 
-    def _result(self, r: int, now: float) -> Generation:
+    def _result(self, r: int, now: float, cancelled: bool = False) -> Generation:
         b, cfg = self.batch, self.cfg
         start = int(b.response_start[r])
         row = b.tokens[r, start:].tolist()
         eos_set = set(self.e.bb.eos_token_ids)
         stop, cut = "length", min(len(row), cfg.max_new_tokens)
+        if cancelled:
+            mask_id = self.e.bb.mask_token_id
+            stop = "cancelled"
+            cut = next((j for j, t in enumerate(row[:cut]) if t == mask_id), cut)
         for j, t in enumerate(row[:cut]):
             if t in eos_set:
                 stop, cut = "eos", j

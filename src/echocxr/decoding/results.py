@@ -22,7 +22,7 @@ class Generation:
     forwards: int
     prefill_s: float
     decode_s: float
-    stop: str  # "eos" | "length"
+    stop: str  # "eos" | "length" | "cancelled"
     decoder: str = ""
     block_length: int = 1
 

@@ -1,0 +1,85 @@
+"""`echocxr report`: write a report for one study (one or more views) with a model directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from echocxr.backbones.settings import DECODERS, PREFILL_MODES
+from echocxr.decoding.sampling import REMASKING_STRATEGIES
+
+
+def add_decode_arguments(p: argparse.ArgumentParser) -> None:
+    """Decoding options shared by report, eval, serve and bench (None = the model's own setting)."""
+    g = p.add_argument_group("decoding")
+    g.add_argument("--decoder", choices=DECODERS, help="ar | multistep | onestep (default: the model's)")
+    g.add_argument("--block-length", type=int, help="tokens per block (default: the model's)")
+    g.add_argument("--steps", type=int, help="multistep: denoising rounds per block")
+    g.add_argument("--remasking", choices=REMASKING_STRATEGIES, help="multistep remasking strategy")
+    g.add_argument("--threshold", type=float, help="low_confidence_dynamic threshold (default 0.85)")
+    g.add_argument("--prefill", choices=PREFILL_MODES, help="block_grid (official checkpoints) or response_aligned")
+    g.add_argument("--no-fused", action="store_true", help="one-step: vanilla block cache instead of the fused one")
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    m = p.add_argument_group("model")
+    m.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    m.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    m.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
+
+
+def decode_config_from_args(engine, args: argparse.Namespace):
+    return engine.default_config(
+        decoder=args.decoder, block_length=args.block_length, steps=args.steps, remasking=args.remasking,
+        threshold=args.threshold, prefill=args.prefill, fused=False if args.no_fused else None,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        seed=args.seed,
+    )
+
+
+def load_engine(model_dir: str, args: argparse.Namespace):
+    from transformers.utils import logging as hf_logging
+
+    from echocxr.backbones.loading import load_backbone
+    from echocxr.decoding.engine import ReportEngine
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    _check_device(args.device)
+    return ReportEngine(load_backbone(model_dir, device=args.device, dtype=args.dtype, attn_implementation=args.attn))
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    from echocxr.errors import UserError
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available")
+    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
+        raise UserError(f"unknown device {device!r} (use cpu or cuda[:N])")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory (ECHO, ECHO-Base, Qwen2.5-VL, echocxr-trained)")
+    p.add_argument("--image", nargs="+", required=True, metavar="FILE",
+                   help="the study's views (PNG, JPEG, DICOM); several files = one multi-view study")
+    p.add_argument("--lang", default="en", choices=["en", "zh"])
+    p.add_argument("--json", action="store_true", help="print one JSON object with the report and its stats")
+    add_decode_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from echocxr.data.images import load_image
+
+    images = [load_image(path) for path in args.image]  # fail fast on a bad image, before loading the model
+    engine = load_engine(args.model, args)
+    cfg = decode_config_from_args(engine, args)
+    gen = engine.generate([engine.encode(images, lang=args.lang)], cfg)[0]
+    if args.json:
+        print(json.dumps({"report": gen.text, **gen.stats(), "model": args.model}, ensure_ascii=False))
+    else:
+        print(gen.text)
+    return 0
