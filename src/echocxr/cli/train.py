@@ -1,0 +1,56 @@
+"""`echocxr train <stage>`: AR SFT, RAD, DCD and the paper's baseline distillations."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from echocxr.training.config import RECIPES, STAGES
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("stage", choices=STAGES, help="ar | rad | dcd | dparallel | cd4lm | d3llm | t3d")
+    p.add_argument("--config", default="phantom-tiny",
+                   help=f"a named recipe ({', '.join(RECIPES)}) or a YAML file (default: phantom-tiny)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, final/)")
+    p.add_argument("--from", dest="from_dir", help="start model dir: AR for rad; Base (also the teacher) for dcd/baselines")
+    p.add_argument("--data", help="directory with <split>_<lang>.json manifests (default: the recipe makes phantoms)")
+    p.add_argument("--lang", default="en", help="languages to train on, comma-separated (en,zh)")
+    p.add_argument("--block-length", type=int, help="block length L (default: the config's)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--micro-batch-size", type=int)
+    p.add_argument("--layout", choices=["rad", "full"], help="RAD layout or full-sequence duplication (prior work)")
+    p.add_argument("--no-sw", action="store_true", help="DCD ablation: no step-wise weighting")
+    p.add_argument("--eos-ce", type=float, help="DCD: weight of the extra <eos> CE (0 = off)")
+    p.add_argument("--rkl", action="store_true", help="DCD ablation: reverse KL")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from echocxr.errors import UserError
+    from echocxr.training.config import load_config
+    from echocxr.training.stages import StageRequest, run_stage
+
+    langs = tuple(x.strip() for x in args.lang.split(",") if x.strip())
+    if not langs or any(x not in ("en", "zh") for x in langs):
+        raise UserError(f"--lang must list en and/or zh, got {args.lang!r}")
+    if args.from_dir and not Path(args.from_dir).is_dir():
+        raise UserError(f"--from directory not found: {args.from_dir}")
+    cfg = load_config(args.stage, args.config, block_length=args.block_length, max_steps=args.max_steps,
+                      lr=args.lr, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
+                      layout=args.layout, sw=False if args.no_sw else None, eos_ce=args.eos_ce,
+                      rkl=True if args.rkl else None, seed=args.seed)
+    summary = run_stage(StageRequest(stage=args.stage, cfg=cfg, out=Path(args.out),
+                                     from_dir=Path(args.from_dir) if args.from_dir else None,
+                                     data_dir=Path(args.data) if args.data else None, languages=langs,
+                                     resume=args.resume, progress=not args.no_progress))
+    last = summary.get("last", {})
+    print(json.dumps({"stage": args.stage, "final_model": summary["final_model"], "loss": last.get("loss"),
+                      "eval_loss": last.get("eval_loss"), "steps": last.get("step")}))
+    return 0

@@ -1,0 +1,135 @@
+"""Training configs as dataclasses; paper defaults; named recipes; YAML override files."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from echocxr.errors import UserError
+
+STAGES = ("ar", "rad", "dcd", "dparallel", "cd4lm", "d3llm", "t3d")
+
+
+@dataclass
+class TrainConfig:
+    # optimisation
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    batch_size: int = 8  # global examples per optimizer step
+    micro_batch_size: int = 8  # examples per forward per process (gradient accumulation fills the rest)
+    max_steps: int = 1000
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | linear | constant
+    clip: float = 1.0
+    mixed_precision: str = "auto"  # auto (bf16 on GPU) | no | bf16
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 200
+    save_every: int = 200
+    eval_examples: int = 64
+    fsdp: bool = False
+    # data
+    max_response_tokens: int = 512
+    freeze_vision: bool = True  # paper: vision encoder and projector frozen after AR
+    # diffusion
+    block_length: int = 4
+    layout: str = "rad"  # rad | full (prior work's whole-sequence duplication)
+    inv_t_weight: bool = False  # MDLM 1/t weighting
+    # DCD (and the baselines that use trajectories)
+    tau: float = 0.9  # teacher commit threshold
+    trajectory_topk: int = 0  # 0: full distribution when vocab <= 4096, else 64
+    sw: bool = True  # step-wise weighting
+    eos_ce: float = 1.0  # weight of the extra <eos> CE (0 = off)
+    rkl: bool = False  # reverse-KL ablation
+    # baselines
+    entropy_weight: float = 2.0  # dParallel
+    entropy_temperature: float = 0.5  # dParallel
+    cd4lm_lambda: float = 0.7
+    cd4lm_temperature: float = 2.0
+    dpo_beta: float = 0.1  # T3D
+    # tiny model built when an AR run has no --from (recipes)
+    tiny_model: dict = field(default_factory=dict)
+    phantoms: dict = field(default_factory=dict)  # phantom set made when --data is absent
+
+    def validate(self) -> TrainConfig:
+        if self.batch_size % self.micro_batch_size:
+            raise UserError(f"batch_size {self.batch_size} must be a multiple of micro_batch_size {self.micro_batch_size}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise UserError(f"unknown schedule {self.schedule!r}")
+        if self.layout not in ("rad", "full"):
+            raise UserError(f"unknown layout {self.layout!r} (rad | full)")
+        if self.block_length < 1:
+            raise UserError("block_length must be >= 1")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Per-stage overrides of the defaults above for the named recipes.
+RECIPES: dict[str, dict[str, dict]] = {
+    # CPU, a few minutes end to end: tiny model, 256 phantoms
+    "phantom-tiny": {
+        "*": dict(batch_size=16, micro_batch_size=16, lr=2e-3, warmup_steps=10, log_every=10, eval_every=100,
+                  save_every=100, eval_examples=16, mixed_precision="no",
+                  tiny_model=dict(hidden=96, layers=3, heads=4, vision_hidden=32, vision_depth=1),
+                  phantoms=dict(n=320, seed=0, image_size=112)),
+        "ar": dict(max_steps=300, freeze_vision=False),
+        "rad": dict(max_steps=300, lr=1e-3),
+        "dcd": dict(max_steps=150, lr=5e-4),
+    },
+    # one GPU, each stage within 20 minutes on an H100
+    "phantom-small": {
+        "*": dict(batch_size=32, micro_batch_size=32, lr=5e-4, warmup_steps=100, eval_every=500, save_every=500,
+                  tiny_model=dict(hidden=512, layers=8, heads=8, vision_hidden=256, vision_depth=4),
+                  phantoms=dict(n=20000, seed=0, image_size=224)),
+        "ar": dict(max_steps=6000, freeze_vision=False),
+        "rad": dict(max_steps=4000, lr=2e-4),
+        "dcd": dict(max_steps=3000, lr=1e-4),
+    },
+    # the paper's 7B setting (Qwen2.5-VL / Lingshu-7B), for multi-GPU runs
+    "paper-7b": {
+        "*": dict(batch_size=64, micro_batch_size=1, lr=1e-5, warmup_steps=100, mixed_precision="bf16"),
+        "ar": dict(max_steps=10000, freeze_vision=True),
+        "rad": dict(max_steps=3000),
+        "dcd": dict(max_steps=500, tau=0.9, sw=True, eos_ce=1.0),
+    },
+}
+
+
+def load_config(stage: str, name_or_file: str | None, **overrides) -> TrainConfig:
+    if stage not in STAGES:
+        raise UserError(f"unknown stage {stage!r} (use one of: {', '.join(STAGES)})")
+    values: dict = {}
+    if name_or_file:
+        if name_or_file in RECIPES:
+            recipe = RECIPES[name_or_file]
+            values.update(recipe.get("*", {}))
+            values.update(recipe.get(stage, recipe.get("dcd", {}) if stage not in ("ar", "rad") else {}))
+        elif Path(name_or_file).is_file():
+            values.update(_read_yaml(Path(name_or_file), stage))
+        else:
+            raise UserError(f"unknown config {name_or_file!r}: not a recipe ({', '.join(RECIPES)}) nor a file")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(TrainConfig)}
+    bad = sorted(set(values) - known)
+    if bad:
+        raise UserError(f"unknown config keys: {', '.join(bad)}")
+    return replace(TrainConfig(), **values).validate()
+
+
+def _read_yaml(path: Path, stage: str) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"cannot read config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config {path} must be a mapping")
+    # either flat keys, or {"*": {...}, "<stage>": {...}}
+    if any(k == "*" or k in STAGES for k in data):
+        out = dict(data.get("*", {}) or {})
+        out.update(data.get(stage, {}) or {})
+        return out
+    return data

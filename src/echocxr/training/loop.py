@@ -1,0 +1,185 @@
+"""The training loop shared by every stage: accelerate (CPU, one GPU, DDP/FSDP), accumulation, warmup +
+schedule, clipping, periodic eval, atomic checkpoints with exact resume, a metrics jsonl, NaN guard.
+
+Data order and noise are functions of (seed, epoch, example index), never of the process: N ranks, or a
+resumed run, see exactly what one uninterrupted process would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from echocxr.errors import UserError
+from echocxr.training.checkpoint import (
+    STATE_FILE,
+    latest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    save_model_dir,
+)
+from echocxr.training.config import TrainConfig
+
+# objective(model, examples, indices, epoch) -> (loss, metrics)
+Objective = Callable[[torch.nn.Module, list, list[int], int], tuple[torch.Tensor, dict]]
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        frac = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        frac = min(max(frac, 0.0), 1.0)
+        return 1.0 - frac if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
+    return f
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+
+
+def global_batch_indices(n: int, cfg: TrainConfig, step: int) -> tuple[list[int], int]:
+    """Example indices of optimizer step `step` (epochs wrap; the tail that fits no batch is dropped)."""
+    per_epoch = n // cfg.batch_size
+    if per_epoch == 0:
+        raise UserError(f"only {n} training examples: fewer than one batch of {cfg.batch_size}")
+    epoch, k = divmod(step, per_epoch)
+    order = epoch_order(n, cfg.seed, epoch)
+    return order[k * cfg.batch_size:(k + 1) * cfg.batch_size], epoch
+
+
+def make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    mp = cfg.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    kwargs = {}
+    if cfg.fsdp:
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin()
+    return Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available(), **kwargs)
+
+
+def run_training(model: torch.nn.Module, objective: Objective, train: list, val: list, cfg: TrainConfig,
+                 out_dir: Path, tokenizer, image_processor, settings, resume: bool = False,
+                 stage: str = "") -> dict:
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    acc = make_accelerator(cfg)
+    world, rank = acc.num_processes, acc.process_index
+    if cfg.batch_size % (cfg.micro_batch_size * world) and cfg.batch_size % world:
+        raise UserError(f"batch_size {cfg.batch_size} does not split over {world} processes")
+    per_rank = cfg.batch_size // world
+    micro = min(cfg.micro_batch_size, per_rank)
+    if per_rank % micro:
+        raise UserError(f"per-process batch {per_rank} is not a multiple of micro_batch_size {micro}")
+    accum = per_rank // micro
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    start_step = 0
+    if resume:
+        ckpt = latest_checkpoint(out_dir)
+        if ckpt is not None:
+            # from_pretrained applies transformers' key conversions (saved names differ from module names)
+            saved = type(model).from_pretrained(ckpt, dtype=next(model.parameters()).dtype)
+            model.load_state_dict(saved.state_dict(), strict=True)
+            del saved
+            state = torch.load(ckpt / STATE_FILE, weights_only=False)
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start_step = int(state["step"])
+            if acc.is_main_process:
+                print(f"resuming from {ckpt.name} (step {start_step})", flush=True)
+    model, opt, sched = acc.prepare(model, opt, sched)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / "metrics.jsonl"
+    if acc.is_main_process and not resume and metrics_path.exists():
+        metrics_path.unlink()
+
+    def save(step: int) -> None:
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            unwrapped = acc.unwrap_model(model)
+            save_checkpoint(out_dir, step, unwrapped, tokenizer, image_processor, settings,
+                            {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                             "config": cfg.to_dict(), "stage": stage})
+            prune_checkpoints(out_dir)
+        acc.wait_for_everyone()
+
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc=f"train {stage}", disable=not acc.is_main_process,
+               dynamic_ncols=True)
+    last = {}
+    t0 = time.perf_counter()
+    for step in range(start_step, cfg.max_steps):
+        model.train()
+        idx, epoch = global_batch_indices(len(train), cfg, step)
+        mine = idx[rank * per_rank:(rank + 1) * per_rank]
+        total, agg = 0.0, {}
+        for m in range(accum):
+            chunk = mine[m * micro:(m + 1) * micro]
+            ctx = acc.no_sync(model) if m < accum - 1 else _null()
+            with ctx:
+                loss, mets = objective(model, [train[i] for i in chunk], chunk, epoch)
+                if not torch.isfinite(loss):
+                    raise UserError(f"loss is {float(loss)} at step {step}: stopping; the last good checkpoint "
+                                    f"in {out_dir} is kept")
+                acc.backward(loss / accum)
+            total += float(loss.detach()) / accum
+            for k, v in mets.items():
+                agg[k] = agg.get(k, 0.0) + v / accum
+        gnorm = acc.clip_grad_norm_(params if not cfg.fsdp else model.parameters(), cfg.clip) if cfg.clip > 0 else None
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss_t = torch.tensor([total], device=acc.device)
+        total = float(acc.reduce(loss_t, reduction="mean")) if world > 1 else total
+        last = {"step": step + 1, "loss": total, "lr": sched.get_last_lr()[0],
+                "grad_norm": float(gnorm) if gnorm is not None else None, "epoch": epoch,
+                "elapsed_s": time.perf_counter() - t0, **agg}
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.4f}")
+        done = step + 1 == cfg.max_steps
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or done) and val:
+            last["eval_loss"] = evaluate(model, objective, val[:cfg.eval_examples], cfg, acc)
+        if acc.is_main_process and ((step + 1) % cfg.log_every == 0 or done or "eval_loss" in last):
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(last) + "\n")
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and not done:
+            save(step + 1)
+    bar.close()
+    save(cfg.max_steps)
+    if acc.is_main_process:
+        save_model_dir(out_dir / "final", acc.unwrap_model(model), tokenizer, image_processor, settings)
+    acc.wait_for_everyone()
+    return last
+
+
+@torch.no_grad()
+def evaluate(model, objective: Objective, val: list, cfg: TrainConfig, acc) -> float:
+    model.eval()
+    losses = []
+    for i in range(0, len(val), cfg.micro_batch_size):
+        chunk = list(range(i, min(i + cfg.micro_batch_size, len(val))))
+        loss, _ = objective(model, [val[j] for j in chunk], [10_000_000 + j for j in chunk], 0)
+        losses.append(float(loss) * len(chunk))
+    model.train()
+    return sum(losses) / max(1, len(val))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,128 @@
+"""Stage objectives: each turns a micro-batch of examples into a loss through one model forward.
+
+objective(model, examples, indices, epoch) -> (loss, metrics); `indices` key the noise so any split of a
+global batch over ranks draws the same masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from echocxr.diffusion.losses import ar_loss, dcd_loss, mdlm_loss
+from echocxr.diffusion.noise import example_generator, mask_blocks
+from echocxr.diffusion.sequences import SequenceBatch, build_ar_batch, build_diffusion_batch, pad_to_blocks
+from echocxr.training.config import TrainConfig
+
+
+@dataclass
+class TokenIds:
+    pad: int
+    mask: int
+    eos: int
+
+
+class PromptPositions:
+    """Cached position ids of each prompt (M-RoPE for Qwen2.5-VL): they never change during training."""
+
+    def __init__(self, base_model, is_vision: bool):
+        self.base, self.is_vision, self.cache = base_model, is_vision, {}
+
+    def __call__(self, prompt) -> torch.Tensor:
+        key = id(prompt)
+        if key not in self.cache:
+            if not self.is_vision or prompt.image_grid_thw is None:
+                pos = torch.arange(prompt.length)[None].expand(3 if self.is_vision else 1, -1)
+            else:
+                dev = next(self.base.parameters()).device
+                p, _ = self.base.model.get_rope_index(prompt.input_ids[None].to(dev),
+                                                      prompt.mm_token_type_ids[None].to(dev),
+                                                      image_grid_thw=prompt.image_grid_thw.to(dev))
+                pos = p[:, 0].cpu()
+            self.cache[key] = (prompt, pos)  # keep the prompt alive so its id stays unique
+        return self.cache[key][1]
+
+
+def slot_logits(model, batch: SequenceBatch, is_vision: bool, cols: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (B, R, V) at the batch's target columns, computing the LM head only where needed."""
+    device = next(model.parameters()).device
+    batch = batch.to(device)
+    cols = batch.target_cols if cols is None else cols.to(device)
+    keep = torch.unique(cols)
+    dtype = next(model.parameters()).dtype
+    out = model(**batch.model_inputs(dtype, is_vision), logits_to_keep=keep)
+    where = torch.searchsorted(keep, cols)
+    return out.logits.gather(1, where[..., None].expand(-1, -1, out.logits.shape[-1]))
+
+
+class ARObjective:
+    def __init__(self, positions: PromptPositions, ids: TokenIds, is_vision: bool):
+        self.positions, self.ids, self.is_vision = positions, ids, is_vision
+
+    def __call__(self, model, examples, indices, epoch):
+        batch = build_ar_batch([e.prompt for e in examples], [e.response_ids for e in examples],
+                               self.positions if self.is_vision else None, self.ids.pad)
+        logits = slot_logits(model, batch, self.is_vision)
+        loss = ar_loss(logits, batch.targets.to(logits.device))
+        return loss, {}
+
+
+class RADObjective:
+    """Masked-diffusion CE on the noisy copy of the response (ECHO-SPEC §3)."""
+
+    def __init__(self, positions: PromptPositions, ids: TokenIds, is_vision: bool, cfg: TrainConfig):
+        self.positions, self.ids, self.is_vision, self.cfg = positions, ids, is_vision, cfg
+
+    def __call__(self, model, examples, indices, epoch):
+        L = self.cfg.block_length
+        clean, noisy, inv_t = [], [], []
+        for e, i in zip(examples, indices, strict=True):
+            c = pad_to_blocks(e.response_ids, L, self.ids.eos)
+            n, ts = mask_blocks(c, L, self.ids.mask, example_generator(self.cfg.seed, epoch, i))
+            clean.append(c)
+            noisy.append(n)
+            inv_t.append([1.0 / t for t in ts for _ in range(L)])
+        batch = build_diffusion_batch([e.prompt for e in examples], clean, noisy, L,
+                                      self.positions if self.is_vision else None, self.ids.pad, self.ids.mask,
+                                      layout=self.cfg.layout)
+        logits = slot_logits(model, batch, self.is_vision)
+        w = None
+        if self.cfg.inv_t_weight:
+            R = batch.targets.shape[1]
+            w = torch.tensor([r + [0.0] * (R - len(r)) for r in inv_t], device=logits.device)
+        loss = mdlm_loss(logits, batch.targets.to(logits.device), batch.noised.to(logits.device), w)
+        return loss, {"masked_frac": float(batch.noised.float().sum() / (batch.targets >= 0).sum())}
+
+
+class DCDObjective:
+    """One-step alignment to the teacher's on-policy trajectory (ECHO-SPEC §4, phase 2)."""
+
+    def __init__(self, positions: PromptPositions, ids: TokenIds, is_vision: bool, cfg: TrainConfig, trajectories):
+        self.positions, self.ids, self.is_vision, self.cfg, self.traj = positions, ids, is_vision, cfg, trajectories
+
+    def __call__(self, model, examples, indices, epoch):
+        L = self.cfg.block_length
+        trajs = [self.traj[e.sample_id] for e in examples]
+        clean = [t.tokens for t in trajs]
+        noisy = [[self.ids.mask] * len(t.tokens) for t in trajs]
+        batch = build_diffusion_batch([e.prompt for e in examples], clean, noisy, L,
+                                      self.positions if self.is_vision else None, self.ids.pad, self.ids.mask)
+        logits = slot_logits(model, batch, self.is_vision)
+        B, R = batch.targets.shape
+        K = max(t.index.shape[1] for t in trajs)
+        dev = logits.device
+        t_index = torch.zeros(B, R, K, dtype=torch.long, device=dev)
+        t_probs = torch.zeros(B, R, K, device=dev)
+        weight = torch.zeros(B, R, device=dev)
+        valid = torch.zeros(B, R, dtype=torch.bool, device=dev)
+        for b, t in enumerate(trajs):
+            n, k = t.index.shape
+            t_index[b, :n, :k] = t.index.to(dev)
+            t_probs[b, :n, :k] = t.probs.to(dev).float()
+            steps = t.steps.to(dev).float()
+            weight[b, :n] = steps / steps.mean() if self.cfg.sw else 1.0
+            valid[b, :n] = True
+        eos_mask = batch.targets.to(dev) == self.ids.eos
+        return dcd_loss(logits, t_index, t_probs, weight, valid, eos_mask, self.ids.eos,
+                        eos_ce=self.cfg.eos_ce, reverse=self.cfg.rkl)

@@ -1,0 +1,153 @@
+"""Stage runners: AR SFT -> RAD -> DCD (and the baselines), each from a model directory to a model directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from echocxr.backbones.settings import ModelSettings
+from echocxr.errors import UserError
+from echocxr.training.config import TrainConfig
+from echocxr.training.examples import build_examples
+from echocxr.training.objectives import ARObjective, DCDObjective, PromptPositions, RADObjective, TokenIds
+
+
+@dataclass
+class StageRequest:
+    stage: str
+    cfg: TrainConfig
+    out: Path
+    from_dir: Path | None = None
+    data_dir: Path | None = None
+    languages: tuple[str, ...] = ("en",)
+    resume: bool = False
+    progress: bool = True
+
+
+def ensure_data(req: StageRequest) -> Path:
+    """The manifests' directory: --data, or a phantom set the recipe makes (once) next to the run."""
+    if req.data_dir is not None:
+        if not Path(req.data_dir).is_dir():
+            raise UserError(f"data directory not found: {req.data_dir}")
+        return Path(req.data_dir)
+    spec = dict(n=256, seed=0, image_size=128) | (req.cfg.phantoms or {})
+    data = req.out.parent / f"phantoms-n{spec['n']}-s{spec['seed']}-{spec['image_size']}px"
+    if not (data / "train_en.json").is_file():
+        from echocxr.data.phantom.generate import write_phantom_set
+
+        write_phantom_set(data, n=int(spec["n"]), seed=int(spec["seed"]), image_size=int(spec["image_size"]),
+                          progress=req.progress)
+    return data
+
+
+def read_split(data: Path, split: str, languages: tuple[str, ...]):
+    from echocxr.data.manifest import load_manifest
+
+    samples = []
+    for lang in languages:
+        path = data / f"{split}_{lang}.json"
+        if path.is_file():
+            samples += load_manifest(path)
+    if split == "train" and not samples:
+        raise UserError(f"no training manifests ({split}_<lang>.json for {', '.join(languages)}) in {data}")
+    return samples
+
+
+def new_tiny_backbone(cfg: TrainConfig, samples):
+    """A fresh tiny Qwen2.5-VL with a BPE tokenizer trained on the training reports (for recipes)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from echocxr.backbones.loading import Backbone, eos_token_ids
+    from echocxr.backbones.prompt import PROMPTS
+    from echocxr.backbones.tiny import TINY_IMAGE_MAX_PIXELS, build_tiny_model
+    from echocxr.backbones.tokenizer import train_bpe_tokenizer
+
+    sizes = dict(cfg.tiny_model or {})
+    vocab = int(sizes.pop("vocab_size", 1024))
+    texts = [s.reference() for s in samples] + list(PROMPTS.values())
+    tok = train_bpe_tokenizer(texts * 2, vocab_size=vocab)
+    model = build_tiny_model("qwen2_5_vl", tok, seed=cfg.seed, **sizes)
+    ip = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=TINY_IMAGE_MAX_PIXELS)
+    return Backbone(model=model, tokenizer=tok, image_processor=ip, mask_token_id=tok.mask_token_id,
+                    eos_token_ids=eos_token_ids(model, tok))
+
+
+def stage_settings(stage: str, cfg: TrainConfig) -> ModelSettings:
+    if stage == "ar":
+        return ModelSettings(block_length=1, prefill="response_aligned", decoder="ar", steps=1, stage="ar")
+    if stage == "rad":
+        return ModelSettings(block_length=cfg.block_length, prefill="response_aligned", decoder="multistep",
+                             steps=cfg.block_length, threshold=cfg.tau, stage="rad")
+    return ModelSettings(block_length=cfg.block_length, prefill="response_aligned", decoder="onestep", steps=1,
+                         stage=stage)
+
+
+def run_stage(req: StageRequest) -> dict:
+    from echocxr.backbones.loading import load_backbone
+
+    cfg, stage = req.cfg, req.stage
+    torch.manual_seed(cfg.seed)
+    data = ensure_data(req)
+    train_samples = read_split(data, "train", req.languages)
+    val_samples = read_split(data, "val", req.languages)
+    if req.from_dir is None:
+        if stage != "ar":
+            raise UserError(f"stage {stage} needs --from (the {'AR' if stage == 'rad' else 'Base'} model directory)")
+        bb = new_tiny_backbone(cfg, train_samples)
+    else:
+        bb = load_backbone(req.from_dir, dtype="float32")
+    model, tok, ip = bb.model, bb.tokenizer, bb.image_processor
+    model.train()
+    if cfg.freeze_vision and bb.is_vision:
+        model.model.visual.requires_grad_(False)
+    train, tstats = build_examples(train_samples, tok, ip, cfg.max_response_tokens)
+    val, _ = build_examples(val_samples, tok, ip, cfg.max_response_tokens)
+    positions = PromptPositions(model, bb.is_vision)
+    ids = TokenIds(pad=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                   mask=bb.mask_token_id, eos=tok.eos_token_id)
+    extra: dict = {"data": str(data), "train_examples": len(train), "skipped": tstats.skipped}
+    if stage == "ar":
+        objective = ARObjective(positions, ids, bb.is_vision)
+    elif stage == "rad":
+        objective = RADObjective(positions, ids, bb.is_vision, cfg)
+    else:
+        from echocxr.decoding.engine import ReportEngine
+        from echocxr.training.trajectories import load_or_collect
+
+        teacher = load_backbone(req.from_dir, dtype="float32", device=_device())
+        engine = ReportEngine(teacher)
+        trajs, st = load_or_collect(req.out.parent / "trajectories", str(req.from_dir), engine, train,
+                                    cfg.block_length, cfg.tau, cfg.trajectory_topk, cfg.max_response_tokens,
+                                    progress=req.progress)
+        del teacher, engine
+        train = [e for e in train if e.sample_id in trajs]
+        vtrajs, _ = load_or_collect(req.out.parent / "trajectories", str(req.from_dir),
+                                    ReportEngine(load_backbone(req.from_dir, dtype="float32", device=_device())),
+                                    val, cfg.block_length, cfg.tau, cfg.trajectory_topk, cfg.max_response_tokens,
+                                    progress=False)
+        val = [e for e in val if e.sample_id in vtrajs]
+        trajs.update(vtrajs)
+        extra["trajectories"] = st
+        if stage == "dcd":
+            objective = DCDObjective(positions, ids, bb.is_vision, cfg, trajs)
+        else:
+            from echocxr.training.baselines import make_baseline_objective
+
+            objective = make_baseline_objective(stage, positions, ids, bb.is_vision, cfg, trajs)
+    req.out.mkdir(parents=True, exist_ok=True)
+    (req.out / "train_config.json").write_text(json.dumps({"stage": stage, **cfg.to_dict(), **extra}, indent=1,
+                                                         default=str))
+    from echocxr.training.loop import run_training
+
+    last = run_training(model, objective, train, val, cfg, req.out, tok, ip, stage_settings(stage, cfg),
+                        resume=req.resume, stage=stage)
+    summary = {"stage": stage, "out": str(req.out), "final_model": str(req.out / "final"), **extra, "last": last}
+    (req.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,132 @@
+"""DCD phase 1: the teacher's own on-policy, confidence-thresholded multi-step trajectories.
+
+The teacher decodes block by block with the engine's multi-step decoder (`low_confidence_dynamic`, one
+forced commit per round, threshold tau): every position it commits is recorded with its full predicted
+distribution (top-k for big vocabularies), its token and the round at which it was committed. Examples the
+teacher fails to finish, or finishes in a repetition loop, are dropped. Trajectories are cached on disk,
+keyed by teacher, data and settings, so several students can reuse them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from echocxr.decoding.engine import DecodeConfig, ReportEngine
+
+FULL_DISTRIBUTION_MAX_VOCAB = 4096
+
+
+@dataclass
+class Trajectory:
+    sample_id: str
+    tokens: list[int]  # committed tokens, whole blocks
+    index: torch.Tensor  # (R, K) vocabulary ids of the stored distribution
+    probs: torch.Tensor  # (R, K) teacher probabilities at commit time
+    steps: torch.Tensor  # (R,) 1-based round of its block at which each slot was committed
+
+
+def has_repetition_loop(ids: list[int], min_repeats: int = 4, max_ngram: int = 8) -> bool:
+    """True if the sequence ends in >= `min_repeats` back-to-back copies of one n-gram (n <= max_ngram)."""
+    for n in range(1, max_ngram + 1):
+        if len(ids) < n * min_repeats:
+            break
+        tail = ids[-n:]
+        if all(ids[-(k + 1) * n: len(ids) - k * n] == tail for k in range(min_repeats)):
+            return True
+    return False
+
+
+def teacher_config(block_length: int, tau: float, max_new_tokens: int) -> DecodeConfig:
+    return DecodeConfig(decoder="multistep", block_length=block_length, steps=block_length,
+                        remasking="low_confidence_dynamic", threshold=tau, max_new_tokens=max_new_tokens,
+                        prefill="response_aligned", record_logits=True)
+
+
+def collect_trajectories(engine: ReportEngine, examples: list, block_length: int, tau: float, topk: int = 0,
+                         batch_size: int = 16, max_new_tokens: int = 512,
+                         progress: bool = True) -> tuple[dict[str, Trajectory], dict]:
+    from tqdm.auto import tqdm
+
+    cfg = teacher_config(block_length, tau, max_new_tokens)
+    V = engine.model.get_output_embeddings().weight.shape[0]
+    K = V if (topk == 0 and V <= FULL_DISTRIBUTION_MAX_VOCAB) else (topk or 64)
+    out: dict[str, Trajectory] = {}
+    stats = {"kept": 0, "dropped_unfinished": 0, "dropped_loop": 0}
+    bar = tqdm(total=len(examples), desc="teacher trajectories", disable=not progress, dynamic_ncols=True)
+    for b0 in range(0, len(examples), batch_size):
+        chunk = examples[b0:b0 + batch_size]
+        rec: dict[int, dict[int, tuple[int, torch.Tensor, torch.Tensor, int]]] = {i: {} for i in range(len(chunk))}
+
+        def hook(ev, rec=rec):
+            if ev.kind != "step":
+                return
+            probs = torch.softmax(ev.logits.float(), dim=-1)
+            top = probs.topk(K, dim=-1) if K < V else None
+            for j, c in enumerate(ev.committed):
+                if c:
+                    if top is not None:
+                        idx, p = top.indices[j], top.values[j]
+                    else:
+                        idx, p = torch.arange(V), probs[j]
+                    rec[ev.sample][ev.response_offset + j] = (ev.tokens[j], idx, p.half(), ev.step + 1)
+
+        gens = engine.generate([e.prompt for e in chunk], cfg, on_event=hook)
+        for i, (e, g) in enumerate(zip(chunk, gens, strict=True)):
+            if g.stop != "eos":
+                stats["dropped_unfinished"] += 1
+                continue
+            if has_repetition_loop(g.token_ids):
+                stats["dropped_loop"] += 1
+                continue
+            slots = rec[i]
+            R = max(slots) + 1
+            if R % block_length or sorted(slots) != list(range(R)):
+                raise RuntimeError("teacher trajectory has gaps: every slot of every block must be committed")
+            out[e.sample_id] = Trajectory(
+                sample_id=e.sample_id,
+                tokens=[slots[j][0] for j in range(R)],
+                index=torch.stack([slots[j][1] for j in range(R)]),
+                probs=torch.stack([slots[j][2] for j in range(R)]),
+                steps=torch.tensor([slots[j][3] for j in range(R)]),
+            )
+            stats["kept"] += 1
+        bar.update(len(chunk))
+    bar.close()
+    return out, stats
+
+
+def trajectory_key(teacher_dir: str, examples: list, block_length: int, tau: float, topk: int,
+                   max_new_tokens: int) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([str(Path(teacher_dir).resolve()), block_length, tau, topk, max_new_tokens]).encode())
+    for f in sorted(Path(teacher_dir).glob("*.safetensors")):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for e in examples:
+        h.update(e.sample_id.encode())
+        h.update(bytes(str(e.prompt.input_ids.tolist()[-8:]), "utf8"))
+    return h.hexdigest()[:16]
+
+
+def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, examples: list, block_length: int,
+                    tau: float, topk: int = 0, max_new_tokens: int = 512, progress: bool = True):
+    """Reuse `cache_dir/<key>.pt` when teacher, data and settings match; else collect and write it atomically."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = trajectory_key(teacher_dir, examples, block_length, tau, topk, max_new_tokens)
+    path = cache_dir / f"trajectories-{key}.pt"
+    if path.is_file():
+        data = torch.load(path, weights_only=False)
+        return data["trajectories"], {**data["stats"], "cached": True, "path": str(path)}
+    trajs, stats = collect_trajectories(engine, examples, block_length, tau, topk, max_new_tokens=max_new_tokens,
+                                        progress=progress)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"trajectories": trajs, "stats": stats, "teacher": str(teacher_dir), "tau": tau,
+                "block_length": block_length}, tmp)
+    tmp.replace(path)
+    return trajs, {**stats, "cached": False, "path": str(path)}
