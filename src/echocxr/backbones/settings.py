@@ -15,6 +15,7 @@ from echocxr.errors import UserError
 SETTINGS_FILE = "echocxr.json"
 PREFILL_MODES = ("block_grid", "response_aligned")
 DECODERS = ("ar", "multistep", "onestep")
+REMASKING_STRATEGIES = ("sequential", "low_confidence_static", "low_confidence_dynamic")
 
 
 @dataclass

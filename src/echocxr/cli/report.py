@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from echocxr.backbones.settings import DECODERS, PREFILL_MODES
-from echocxr.decoding.sampling import REMASKING_STRATEGIES
+from echocxr.backbones.settings import DECODERS, PREFILL_MODES, REMASKING_STRATEGIES
 
 
 def add_decode_arguments(p: argparse.ArgumentParser) -> None:

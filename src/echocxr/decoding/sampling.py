@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-REMASKING_STRATEGIES = ("sequential", "low_confidence_static", "low_confidence_dynamic")
+from echocxr.backbones.settings import REMASKING_STRATEGIES  # noqa: F401  (re-exported)
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,

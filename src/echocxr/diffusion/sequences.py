@@ -144,7 +144,8 @@ def build_diffusion_batch(prompts: list[EncodedPrompt], responses: list[list[int
         ccols[i, :Ri] = cc
         targets[i, :Ri] = clean_t
         noised[i, :Ri] = noisy_t == mask_id
-    pv, grid = _vision(prompts)
+    # the full layout holds every prompt (its image tokens included) twice: one set of image features per copy
+    pv, grid = _vision(prompts if layout == "rad" else [p for p in prompts for _ in range(2)])
     return SequenceBatch(ids, pos, allowed, pv, grid, tcols, targets, noised, clean_cols=ccols)
 
 

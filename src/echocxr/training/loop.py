@@ -70,7 +70,7 @@ def make_accelerator(cfg: TrainConfig):
 
 def run_training(model: torch.nn.Module, objective: Objective, train: list, val: list, cfg: TrainConfig,
                  out_dir: Path, tokenizer, image_processor, settings, resume: bool = False,
-                 stage: str = "") -> dict:
+                 stage: str = "", progress: bool = True) -> dict:
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -117,7 +117,7 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
             prune_checkpoints(out_dir)
         acc.wait_for_everyone()
 
-    bar = tqdm(total=cfg.max_steps, initial=start_step, desc=f"train {stage}", disable=not acc.is_main_process,
+    bar = tqdm(total=cfg.max_steps, initial=start_step, desc=f"train {stage}", disable=not (acc.is_main_process and progress),
                dynamic_ncols=True)
     last = {}
     t0 = time.perf_counter()

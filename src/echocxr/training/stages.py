@@ -124,6 +124,10 @@ def run_stage(req: StageRequest) -> dict:
                                     progress=req.progress)
         del teacher, engine
         train = [e for e in train if e.sample_id in trajs]
+        if len(train) < cfg.batch_size:
+            raise UserError(f"the teacher finished only {st['kept']} of {st['kept'] + st['dropped_unfinished'] + st['dropped_loop']} "
+                            f"training examples ({st['dropped_unfinished']} unfinished, {st['dropped_loop']} in repetition "
+                            f"loops): too few for a batch of {cfg.batch_size}; train the teacher longer")
         vtrajs, _ = load_or_collect(req.out.parent / "trajectories", str(req.from_dir),
                                     ReportEngine(load_backbone(req.from_dir, dtype="float32", device=_device())),
                                     val, cfg.block_length, cfg.tau, cfg.trajectory_topk, cfg.max_response_tokens,
@@ -136,14 +140,15 @@ def run_stage(req: StageRequest) -> dict:
         else:
             from echocxr.training.baselines import make_baseline_objective
 
-            objective = make_baseline_objective(stage, positions, ids, bb.is_vision, cfg, trajs)
+            options = {"num_train": len(train)} if stage == "d3llm" else {}
+            objective = make_baseline_objective(stage, positions, ids, bb.is_vision, cfg, trajs, **options)
     req.out.mkdir(parents=True, exist_ok=True)
     (req.out / "train_config.json").write_text(json.dumps({"stage": stage, **cfg.to_dict(), **extra}, indent=1,
                                                          default=str))
     from echocxr.training.loop import run_training
 
     last = run_training(model, objective, train, val, cfg, req.out, tok, ip, stage_settings(stage, cfg),
-                        resume=req.resume, stage=stage)
+                        resume=req.resume, stage=stage, progress=req.progress)
     summary = {"stage": stage, "out": str(req.out), "final_model": str(req.out / "final"), **extra, "last": last}
     (req.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary

@@ -1,0 +1,247 @@
+"""`echocxr eval`: score reports against a manifest, or combine earlier runs into a table and a plot.
+
+    echocxr eval --predictions preds.jsonl --manifest test.json --out runs/echo-blk8
+    echocxr eval --model DIR --manifest test.json --out runs/echo-blk8      # generate, then score
+    echocxr eval --summaries runs/ar runs/echo-blk8 --table-out t.md --plot-out p.png --reference-row ar
+    torchrun --nproc_per_node 2 -m echocxr.cli eval ...                      # sharded scoring
+
+Predictions: JSON lines `{"sample_id": ..., "report": ...}` (optionally "stats": {tokens, forwards,
+prefill_s, decode_s}); writes OUT/per_sample.jsonl and OUT/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from echocxr.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("what to evaluate (one of)")
+    src.add_argument("--predictions", metavar="FILE.jsonl", help="generated reports, one JSON object per line")
+    src.add_argument("--model", metavar="DIR", help="generate the reports with this model first, then score them")
+    src.add_argument("--summaries", nargs="+", metavar="DIR", help="combine earlier runs (DIR/summary.json)")
+    parser.add_argument("--manifest", metavar="FILE", help="evaluation manifest with the reference reports")
+    parser.add_argument("--out", metavar="DIR", help="output folder for per_sample.jsonl and summary.json")
+    parser.add_argument("--name", help="row name of this run in tables (default: the --out folder name)")
+    parser.add_argument("--metrics", metavar="LIST",
+                        help="comma-separated: rouge_l,meteor,bleu4,cider,finding_f1,semscore,ratescore,ppl,speed "
+                             "(default: the text metrics + semscore, plus ratescore/ppl when their models are given)")
+    parser.add_argument("--drop-empty", action="store_true",
+                        help="leave samples with an empty report out of every mean, as the official ECHO script "
+                             "does (default: they are kept and score 0)")
+    models = parser.add_argument_group("metric models (local directories)")
+    models.add_argument("--semscore-model", metavar="DIR",
+                        help="SemScore encoder (official: sembscore; default: the bundled all-MiniLM-L6-v2)")
+    models.add_argument("--ratescore-ner", metavar="DIR", help="RaTEScore NER model (RaTE-NER-Deberta)")
+    models.add_argument("--ratescore-encoder", metavar="DIR", help="RaTEScore entity encoder (BioLORD-2023-C)")
+    models.add_argument("--ppl-model", metavar="DIR", help="judge causal LM for PPL (official: Qwen3-1.7B)")
+    models.add_argument("--labeler", default="auto", choices=("auto", "phantom", "chexpert"),
+                        help="finding labeler for clinical F1 (auto: phantom when the manifest has labels)")
+    models.add_argument("--device", default="auto", help="device for metric models (auto, cpu, cuda, cuda:1)")
+    models.add_argument("--dtype", default="auto", help="dtype of the PPL judge (auto, float32, bfloat16, float16)")
+    models.add_argument("--batch-size", type=int, default=16, help="batch size of metric models")
+    out = parser.add_argument_group("tables and plots")
+    out.add_argument("--table-out", metavar="FILE.md", help="write a Table-1-style markdown table")
+    out.add_argument("--plot-out", metavar="FILE.png", help="write a quality-vs-TPF scatter plot")
+    out.add_argument("--reference-row", metavar="NAME", help="show relative change in %% against this row")
+
+
+def run(args: argparse.Namespace) -> int:
+    sources = [x for x in ("predictions", "model", "summaries") if getattr(args, x)]
+    if len(sources) != 1:
+        raise UserError("give exactly one of --predictions FILE, --model DIR or --summaries DIR...")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if args.summaries:
+        return _combine(args)
+    if not args.manifest or not args.out:
+        raise UserError("--manifest FILE and --out DIR are required to score reports")
+    return _evaluate(args)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Predictions file -> list of {"sample_id", "report", "stats"?}; UserError names the bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"predictions file not found: {path}")
+    preds, seen = [], set()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read predictions {path}: {exc}") from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        if not isinstance(rec, dict) or "sample_id" not in rec:
+            raise UserError(f"{path}:{lineno}: expected an object with \"sample_id\" and \"report\"")
+        report = rec.get("report", rec.get("response"))
+        if not isinstance(report, str):
+            raise UserError(f"{path}:{lineno}: \"report\" must be a string")
+        sid = str(rec["sample_id"])
+        if sid in seen:
+            raise UserError(f"{path}:{lineno}: duplicate sample_id {sid!r}")
+        seen.add(sid)
+        stats = rec.get("stats")
+        if stats is not None and not isinstance(stats, dict):
+            raise UserError(f"{path}:{lineno}: \"stats\" must be an object")
+        preds.append({"sample_id": sid, "report": report, "stats": stats})
+    if not preds:
+        raise UserError(f"no predictions in {path}")
+    return preds
+
+
+def _eval_set(preds: list[dict[str, Any]], samples: list[Any], source: str):
+    from echocxr.metrics.suite import EvalSet
+
+    by_id = {s.sample_id: s for s in samples}
+    missing = [p["sample_id"] for p in preds if p["sample_id"] not in by_id]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"{source}: sample_id {missing[0]!r}{more} is not in the manifest")
+    chosen = [by_id[p["sample_id"]] for p in preds]
+    have_labels = any(s.labels for s in chosen)
+    stats = [p.get("stats") for p in preds]
+    return EvalSet(
+        sample_ids=[s.sample_id for s in chosen], hyps=[p["report"] for p in preds],
+        refs=[s.reference() for s in chosen], languages=[s.language for s in chosen],
+        ref_labels=[list(s.labels) for s in chosen] if have_labels else None,
+        stats=stats if any(x for x in stats) else [])
+
+
+def _metric_names(args: argparse.Namespace, data: Any) -> tuple[list[str], bool, bool]:
+    """(metric names, explicit?, speed?) from --metrics or the defaults (which skip what cannot run)."""
+    from echocxr.metrics import metric_names
+    from echocxr.metrics.suite import DEFAULT_METRICS
+
+    if args.metrics:
+        names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        known = set(metric_names()) | {"speed"}
+        bad = [m for m in names if m not in known]
+        if bad:
+            raise UserError(f"unknown metric {bad[0]!r}; choose from {', '.join(sorted(known))}")
+        speed = "speed" in names
+        if speed and not data.stats:
+            raise UserError("--metrics speed needs per-report \"stats\" in the predictions")
+        return [m for m in names if m != "speed"], True, speed
+    names = list(DEFAULT_METRICS)
+    if data.ref_labels is None and args.labeler != "phantom" and "zh" in data.languages:
+        print("echocxr eval: skipping finding_f1: no manifest labels and the rule-based labeler reads English only",
+              file=sys.stderr)
+        names.remove("finding_f1")
+    if args.ratescore_ner or args.ratescore_encoder:
+        names.append("ratescore")
+    if args.ppl_model:
+        names.append("ppl")
+    return names, False, bool(data.stats) and all(data.stats)
+
+
+def _generate(args: argparse.Namespace, samples: list[Any], dist: Any) -> list[dict[str, Any]]:
+    """Reports from --model: each rank generates for its shard (echocxr.eval_generation), all ranks get all."""
+    try:
+        from echocxr.eval_generation import generate_predictions
+    except ModuleNotFoundError as exc:
+        if exc.name == "echocxr.eval_generation":
+            raise UserError("--model needs echocxr.eval_generation (report generation for evaluation), "
+                            "which this installation does not have yet; use --predictions") from None
+        raise
+    from echocxr.metrics.suite import shard_indices
+
+    mine = [samples[i] for i in shard_indices(len(samples), dist.world_size, dist.rank, 1)]
+    produced = list(generate_predictions(args, mine))
+    preds = [p for part in dist.all_gather(produced) for p in part]
+    return [{"sample_id": str(p["sample_id"]), "report": str(p.get("report", "")), "stats": p.get("stats")}
+            for p in preds]
+
+
+# ----------------------------------------------------------------------------------------------- verbs
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from echocxr.data.manifest import load_manifest
+    from echocxr.metrics import report
+    from echocxr.metrics.suite import Dist, build_metrics, run_metrics
+
+    samples = load_manifest(args.manifest)
+    preds = read_predictions(args.predictions) if args.predictions else None
+    out = Path(args.out)
+    name = args.name or out.resolve().name
+    dist = Dist()
+    try:
+        if preds is None:
+            preds = _generate(args, samples, dist)
+            if dist.is_main:
+                out.mkdir(parents=True, exist_ok=True)
+                (out / "predictions.jsonl").write_text(
+                    "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in preds), encoding="utf-8")
+        n_preds = len(preds)
+        if args.drop_empty:
+            preds = [p for p in preds if p["report"] != ""]  # the official test is `response == ""`
+            if not preds:
+                raise UserError("every report is empty: nothing left to evaluate with --drop-empty")
+        data = _eval_set(preds, samples, args.predictions or "generated reports")
+        names, explicit, want_speed = _metric_names(args, data)
+        options = {"semscore_model": args.semscore_model, "ratescore_ner": args.ratescore_ner,
+                   "ratescore_encoder": args.ratescore_encoder, "ppl_model": args.ppl_model,
+                   "labeler": args.labeler, "device": args.device, "dtype": args.dtype,
+                   "batch_size": args.batch_size}
+        metrics = build_metrics(names, options, explicit)
+        results = run_metrics(data, metrics, dist, align=args.batch_size)
+        if not dist.is_main:
+            return 0
+        speed = _speed(data, args) if want_speed else None
+        summary = report.build_summary(name, data, results, metrics, speed, n_manifest=len(samples))
+        if args.drop_empty:
+            summary["n_dropped_empty"] = n_preds - len(data)
+        report.write_run(out, summary, report.per_sample_rows(data, results, metrics))
+        if len(data) < len(samples):
+            print(f"echocxr eval: note: {len(data)} of {len(samples)} manifest samples have predictions",
+                  file=sys.stderr)
+        print(report.markdown_table([summary]), end="")
+        _tables(args, [summary])
+        print(f"wrote {out / 'summary.json'} and {out / 'per_sample.jsonl'}")
+        return 0
+    finally:
+        dist.close()
+
+
+def _speed(data: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from echocxr.metrics.speed import aggregate_speed
+
+    stats = [s for s in data.stats if s]
+    if len(stats) != len(data):
+        raise UserError(f"speed needs \"stats\" on every prediction ({len(stats)} of {len(data)} have them)")
+    try:
+        return aggregate_speed(stats)
+    except ValueError as exc:
+        raise UserError(f"bad speed stats: {exc}") from None
+
+
+def _tables(args: argparse.Namespace, summaries: list[dict[str, Any]]) -> None:
+    from echocxr.metrics import report
+
+    if args.table_out:
+        Path(args.table_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table_out).write_text(report.markdown_table(summaries, args.reference_row), encoding="utf-8")
+        print(f"wrote {args.table_out}")
+    if args.plot_out:
+        report.plot_quality_vs_tpf(summaries, args.plot_out)
+        print(f"wrote {args.plot_out}")
+
+
+def _combine(args: argparse.Namespace) -> int:
+    from echocxr.metrics import report
+
+    summaries = report.load_summaries(args.summaries)
+    print(report.markdown_table(summaries, args.reference_row), end="")
+    _tables(args, summaries)
+    return 0

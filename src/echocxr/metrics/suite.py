@@ -1,0 +1,141 @@
+"""Run a set of metrics over an evaluation set, on one process or sharded over torchrun ranks.
+
+Sharding: with WORLD_SIZE > 1 (torchrun), every rank scores a contiguous shard with the metrics whose
+per-sample scores are independent of the other samples (`metric.sharded`); rank 0 gathers the shards
+in order (torch.distributed, gloo) and computes the corpus-level metrics (CIDEr, BLEU, finding F1)
+over the whole set. Shards are cut on multiples of the model batch size so that every batch a model
+sees is the one it would see on one process: the result equals a one-process run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from echocxr.errors import UserError
+from echocxr.metrics import get_metric
+from echocxr.metrics.base import MetricResult
+
+#: metrics run when the user names none (model-based ones join when their directories are given)
+DEFAULT_METRICS = ("rouge_l", "meteor", "bleu4", "cider", "finding_f1", "semscore")
+
+
+@dataclass
+class EvalSet:
+    """What is evaluated: one entry per sample, all lists aligned."""
+
+    sample_ids: list[str]
+    hyps: list[str]
+    refs: list[str]
+    languages: list[str]
+    ref_labels: list[list[str] | None] | None = None
+    stats: list[dict | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def subset(self, idx: Sequence[int]) -> EvalSet:
+        return EvalSet([self.sample_ids[i] for i in idx], [self.hyps[i] for i in idx],
+                       [self.refs[i] for i in idx], [self.languages[i] for i in idx],
+                       None if self.ref_labels is None else [self.ref_labels[i] for i in idx],
+                       [self.stats[i] for i in idx] if self.stats else [])
+
+
+class Dist:
+    """The few torch.distributed calls we need; a single process has rank 0 of 1 and no torch import."""
+
+    def __init__(self) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        self.rank = int(os.environ.get("RANK", "0") or 0)
+        self._dist = None
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("gloo")
+            self._dist = dist
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        if self._dist is None:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        self._dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self._dist is not None and self._dist.is_initialized():
+            self._dist.barrier()
+            self._dist.destroy_process_group()
+
+
+def shard_indices(n: int, world_size: int, rank: int, align: int = 1) -> list[int]:
+    """Contiguous shard of rank `rank`; shard sizes are multiples of `align` (except the last)."""
+    per = math.ceil(math.ceil(n / world_size) / align) * align if n else 0
+    return list(range(min(n, rank * per), min(n, (rank + 1) * per)))
+
+
+def build_metrics(names: Sequence[str], options: dict[str, Any], explicit: bool) -> list[Any]:
+    """Metric objects; with `explicit` False (defaults) a metric that cannot run is skipped with a note."""
+    metrics = []
+    for name in names:
+        try:
+            metrics.append(get_metric(name, **options))
+        except UserError as exc:
+            if explicit:
+                raise
+            print(f"echocxr eval: skipping {name}: {exc}", file=sys.stderr)
+    return metrics
+
+
+def _score(metric: Any, data: EvalSet) -> MetricResult:
+    if getattr(metric, "name", "") == "finding_f1":
+        return metric.score(data.hyps, data.refs, data.languages, ref_labels=data.ref_labels)
+    return metric.score(data.hyps, data.refs, data.languages)
+
+
+def _log(msg: str, dist: Dist) -> None:
+    if dist.is_main:
+        print(f"echocxr eval: {msg}", file=sys.stderr, flush=True)
+
+
+def run_metrics(data: EvalSet, metrics: Sequence[Any], dist: Dist | None = None,
+                align: int = 16) -> list[MetricResult] | None:
+    """Score `data` with `metrics`; results on rank 0 (None on the other ranks)."""
+    dist = dist or Dist()
+    mine = data.subset(shard_indices(len(data), dist.world_size, dist.rank, align))
+    results: dict[str, MetricResult] = {}
+    for metric in metrics:
+        if not metric.sharded:
+            continue
+        t0 = time.perf_counter()
+        try:
+            res = _score(metric, mine)
+        except ValueError as exc:
+            raise UserError(f"{metric.name}: {exc}") from None
+        parts = dist.all_gather((res.per_sample, res.sample_extra, res.info))
+        per_sample = [x for part in parts for x in part[0]]
+        sample_extra = {k: [x for part in parts for x in part[1].get(k, [])] for k in res.sample_extra}
+        results[metric.name] = MetricResult(metric.name, per_sample, metric.aggregate(per_sample),
+                                            info=res.info, sample_extra=sample_extra)
+        _log(f"{metric.name} done in {time.perf_counter() - t0:.1f} s", dist)
+    if not dist.is_main:
+        return None
+    for metric in metrics:
+        if metric.sharded:
+            continue
+        t0 = time.perf_counter()
+        try:
+            results[metric.name] = _score(metric, data)
+        except ValueError as exc:
+            raise UserError(f"{metric.name}: {exc}") from None
+        _log(f"{metric.name} done in {time.perf_counter() - t0:.1f} s", dist)
+    return [results[m.name] for m in metrics]

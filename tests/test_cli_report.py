@@ -1,0 +1,55 @@
+"""`echocxr report` as a user runs it: JSON output, and one-line errors with a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import random_image
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "echocxr.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("img") / "cxr.png"
+    random_image(5, 120, 100).save(p)
+    return p
+
+
+@pytest.mark.parametrize("decoder", ["ar", "multistep", "onestep"])
+def test_report_json(tiny_vl_dir, image_file, decoder):
+    r = run_cli("report", "--model", str(tiny_vl_dir), "--image", str(image_file), str(image_file),
+                "--decoder", decoder, "--block-length", "4", "--steps", "2", "--max-new-tokens", "12", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    for key in ("report", "tokens", "forwards", "tpf", "prefill_s", "decode_s"):
+        assert key in out
+    assert out["decoder"] == decoder and out["forwards"] >= 1 and out["tokens"] >= 1
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model", "/nonexistent/model"], "model directory not found"),
+    (["--image", "/nonexistent.png"], "image not found"),
+    (["--image", "BAD"], "cannot read image"),
+    (["--decoder", "multistep", "--steps", "9", "--block-length", "4"], "steps must be"),
+    (["--lang", "fr"], "invalid choice"),
+])
+def test_report_errors_are_one_line(tiny_vl_dir, image_file, tmp_path, args, needle):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"this is not an image")
+    base = {"--model": str(tiny_vl_dir), "--image": str(image_file)}
+    argv = ["report"]
+    for k, v in base.items():
+        if k not in args:
+            argv += [k, v]
+    argv += [str(bad) if a == "BAD" else a for a in args]
+    r = run_cli(*argv)
+    assert r.returncode != 0
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("usage")]) <= 2
