@@ -45,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     models.add_argument("--device", default="auto", help="device for metric models (auto, cpu, cuda, cuda:1)")
     models.add_argument("--dtype", default="auto", help="dtype of the PPL judge (auto, float32, bfloat16, float16)")
     models.add_argument("--batch-size", type=int, default=16, help="batch size of metric models")
+    from echocxr.cli.report import add_decode_arguments
+
+    add_decode_arguments(parser, model_args=False)  # --model: decoding options (--device/--dtype shared)
+    parser.add_argument("--gen-batch-size", type=int, default=1,
+                        help="--model: studies decoded together (default 1, the paper's speed setting)")
+    parser.add_argument("--lang", choices=["en", "zh"], help="--model: prompt language (default: each sample's)")
     out = parser.add_argument_group("tables and plots")
     out.add_argument("--table-out", metavar="FILE.md", help="write a Table-1-style markdown table")
     out.add_argument("--plot-out", metavar="FILE.png", help="write a quality-vs-TPF scatter plot")

@@ -8,7 +8,7 @@ import json
 from echocxr.backbones.settings import DECODERS, PREFILL_MODES, REMASKING_STRATEGIES
 
 
-def add_decode_arguments(p: argparse.ArgumentParser) -> None:
+def add_decode_arguments(p: argparse.ArgumentParser, model_args: bool = True) -> None:
     """Decoding options shared by report, eval, serve and bench (None = the model's own setting)."""
     g = p.add_argument_group("decoding")
     g.add_argument("--decoder", choices=DECODERS, help="ar | multistep | onestep (default: the model's)")
@@ -24,8 +24,9 @@ def add_decode_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     m = p.add_argument_group("model")
-    m.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    m.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    if model_args:
+        m.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+        m.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     m.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
 
 
@@ -46,8 +47,15 @@ def load_engine(model_dir: str, args: argparse.Namespace):
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    _check_device(args.device)
-    return ReportEngine(load_backbone(model_dir, device=args.device, dtype=args.dtype, attn_implementation=args.attn))
+    device = resolve_device(args.device)
+    return ReportEngine(load_backbone(model_dir, device=device, dtype=args.dtype, attn_implementation=args.attn))
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    _check_device(device)
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def _check_device(device: str) -> None:
@@ -55,6 +63,8 @@ def _check_device(device: str) -> None:
 
     from echocxr.errors import UserError
 
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {device!r} requested but CUDA is not available")
     if not (device == "cpu" or device.startswith("cuda") or device == "mps"):

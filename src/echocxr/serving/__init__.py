@@ -1,0 +1,1 @@
+"""HTTP serving: FastAPI app (app.py), dynamic batcher (batcher.py), SSE streaming, metrics and the web page."""

@@ -1,0 +1,68 @@
+"""`echocxr serve`: the HTTP server (reports, OpenAI-compatible chat, SSE streaming, metrics, web page)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+
+from echocxr.cli.report import add_decode_arguments, decode_config_from_args, load_engine
+from echocxr.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory (ECHO, ECHO-Base, Qwen2.5-VL, echocxr-trained)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="most requests decoded together in one batch")
+    p.add_argument("--batch-window-ms", type=float, default=10.0,
+                   help="how long the oldest queued request waits for others to join its batch")
+    p.add_argument("--token", default=os.environ.get("ECHOCXR_API_TOKEN"),
+                   help="require 'Authorization: Bearer TOKEN' on /v1/* and /metrics "
+                        "(default: $ECHOCXR_API_TOKEN; prefer the variable, arguments show in ps)")
+    p.add_argument("--max-views", type=int, default=4, help="images per study")
+    p.add_argument("--max-upload-mb", type=float, default=32.0, help="request body limit (413 above it)")
+    p.add_argument("--max-image-mp", type=float, default=50.0, help="megapixels per uploaded image (413 above it)")
+    p.add_argument("--max-queue", type=int, default=1024, help="queued requests before answering 503")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_decode_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from echocxr.serving.app import ServerConfig, create_app
+    from echocxr.serving.server import uvicorn_config
+
+    if not 1 <= args.max_batch <= 1024:
+        raise UserError(f"--max-batch must be in 1..1024, got {args.max_batch}")
+    if args.batch_window_ms < 0 or args.max_upload_mb <= 0 or args.max_image_mp <= 0 or args.max_views < 1:
+        raise UserError("--batch-window-ms must be >= 0; --max-upload-mb, --max-image-mp, --max-views > 0")
+    if not _is_loopback(args.host) and not args.token:
+        print(f"echocxr serve: warning: listening on {args.host} without --token: anyone who can reach it "
+              "can use it", file=sys.stderr)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    engine = load_engine(args.model, args)
+    cfg = decode_config_from_args(engine, args).validate()
+    config = ServerConfig(
+        max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, token=args.token or None,
+        max_views=args.max_views, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_image_pixels=int(args.max_image_mp * 1_000_000), max_queue=args.max_queue,
+        model_name=os.path.basename(os.path.normpath(args.model)) or "echocxr",
+    )
+    app = create_app(engine, cfg, config)
+    print(f"echocxr serve: {config.model_name} ({cfg.decoder}, block {cfg.block_length}) on "
+          f"http://{args.host}:{args.port}/", file=sys.stderr)
+    uvicorn.Server(uvicorn_config(app, args.host, args.port, args.log_level)).run()
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,230 @@
+// echocxr web page: upload views (or pick an example), stream a report block by block, show its stats.
+// Plain JS, no build step. Streams POST /v1/reports/stream?steps=true (Server-Sent Events over fetch,
+// since EventSource cannot POST) and draws each step: masked positions as ▒, new tokens highlighted.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MASK = "\u2592"; // ▒
+const state = { files: [], controller: null, events: [], health: null };
+
+// ---- setup ------------------------------------------------------------------------------------------
+async function init() {
+  try {
+    const health = await (await fetch("/health")).json();
+    state.health = health;
+    $("model-info").textContent = `${health.model} · ${health.decoder}, block ${health.block_length}`;
+    $("token-row").hidden = !health.auth;
+    const def = $("decoder").querySelector('option[value=""]');
+    def.textContent = `model default (${health.decoder})`;
+  } catch (err) {
+    showError(`server not reachable: ${err}`);
+  }
+  $("token").value = sessionStorage.getItem("echocxr-token") || "";
+  $("token").addEventListener("change", () => sessionStorage.setItem("echocxr-token", $("token").value));
+  $("file").addEventListener("change", (e) => setFiles([...e.target.files], null));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    setFiles([...e.dataTransfer.files], null);
+  });
+  $("generate").addEventListener("click", generate);
+  $("stop").addEventListener("click", () => state.controller && state.controller.abort());
+  $("replay").addEventListener("click", replay);
+  loadExamples();
+}
+
+async function loadExamples() {
+  try {
+    const { examples } = await (await fetch("/examples")).json();
+    for (const ex of examples) {
+      const btn = document.createElement("button");
+      btn.className = "example";
+      btn.type = "button";
+      btn.dataset.name = ex.name;
+      btn.title = ex.findings.join(", ");
+      btn.innerHTML = `<img alt="" src="${ex.url}"><span></span>`;
+      btn.querySelector("span").textContent = ex.name;
+      btn.addEventListener("click", async () => {
+        const blob = await (await fetch(ex.url)).blob();
+        setFiles([new File([blob], `${ex.name}.png`, { type: "image/png" })], btn);
+      });
+      $("examples").appendChild(btn);
+    }
+  } catch (err) {
+    /* examples are optional */
+  }
+}
+
+function setFiles(files, exampleButton) {
+  state.files = files.slice(0, state.health ? state.health.max_views : 4);
+  for (const b of document.querySelectorAll(".example")) b.classList.toggle("selected", b === exampleButton);
+  const box = $("previews");
+  box.replaceChildren();
+  for (const f of state.files) {
+    const fig = document.createElement("figure");
+    fig.className = "preview";
+    fig.style.margin = "0";
+    const isDicom = /\.(dcm|dicom)$/i.test(f.name) || f.type === "application/dicom";
+    const media = document.createElement(isDicom ? "div" : "img");
+    if (isDicom) { media.className = "dicom"; media.textContent = "DICOM"; }
+    else { media.src = URL.createObjectURL(f); media.alt = f.name; }
+    const cap = document.createElement("figcaption");
+    cap.textContent = `${f.name} · ${(f.size / 1024).toFixed(0)} kB`;
+    fig.append(media, cap);
+    box.appendChild(fig);
+  }
+  $("generate").disabled = state.files.length === 0;
+}
+
+// ---- streaming ----------------------------------------------------------------------------------
+async function generate() {
+  if (!state.files.length) return;
+  const form = new FormData();
+  for (const f of state.files) form.append("images", f, f.name);
+  form.append("lang", $("lang").value);
+  if ($("decoder").value) form.append("decoder", $("decoder").value);
+  const headers = {};
+  if ($("token").value) headers.Authorization = `Bearer ${$("token").value}`;
+
+  resetReport();
+  setStatus("running", "queued");
+  state.events = [];
+  state.controller = new AbortController();
+  $("generate").disabled = true;
+  $("stop").hidden = false;
+  $("replay").hidden = true;
+  try {
+    const resp = await fetch("/v1/reports/stream?steps=true", {
+      method: "POST", body: form, headers, signal: state.controller.signal,
+    });
+    if (!resp.ok) {
+      let msg = `HTTP ${resp.status}`;
+      try { msg = (await resp.json()).error.message; } catch (e) { /* not JSON */ }
+      throw new Error(msg);
+    }
+    await readEvents(resp.body, (ev) => { state.events.push(ev); draw(ev); });
+  } catch (err) {
+    if (err.name === "AbortError") setStatus("idle", "stopped");
+    else { setStatus("error", "error"); showError(err.message || String(err)); }
+  } finally {
+    state.controller = null;
+    $("generate").disabled = state.files.length === 0;
+    $("stop").hidden = true;
+    $("replay").hidden = state.events.length === 0;
+  }
+}
+
+async function readEvents(body, onEvent) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buf += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const raw = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      let type = "message";
+      const data = [];
+      for (const line of raw.split("\n")) {
+        if (line.startsWith("event:")) type = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) onEvent({ type, data: JSON.parse(data.join("\n")) });
+    }
+  }
+}
+
+// ---- drawing --------------------------------------------------------------------------------------
+function resetReport() {
+  $("report").replaceChildren();
+  $("error").hidden = true;
+  for (const id of ["tokens", "forwards", "tpf", "latency", "decode", "queue", "batch", "decoder"]) {
+    $(`stat-${id}`).textContent = "–";
+  }
+}
+
+function currentSpan() {
+  let cur = $("report").querySelector(".current");
+  if (!cur) {
+    cur = document.createElement("span");
+    cur.className = "current";
+    $("report").appendChild(cur);
+  }
+  return cur;
+}
+
+function draw(ev) {
+  const report = $("report");
+  if (ev.type === "step") {
+    setStatus("running", `block ${ev.data.block + 1}`);
+    const cur = currentSpan();
+    cur.replaceChildren();
+    for (const t of ev.data.tokens) {
+      const s = document.createElement("span");
+      s.className = "tok" + (t.masked ? " mask" : "") + (t.new ? " new" : "");
+      s.textContent = t.masked ? MASK : t.text;
+      cur.appendChild(s);
+    }
+  } else if (ev.type === "block") {
+    const cur = report.querySelector(".current");
+    if (cur) cur.remove();
+    if (!ev.data.text) return;
+    const s = document.createElement("span");
+    s.className = `block b${ev.data.index % 2} fresh`;
+    s.textContent = ev.data.text;
+    report.appendChild(s);
+  } else if (ev.type === "done") {
+    const cur = report.querySelector(".current");
+    if (cur) cur.remove();
+    const shown = report.textContent;
+    if (shown.trim() !== ev.data.report.trim()) report.textContent = ev.data.report; // deltas are display only
+    report.dataset.final = "true";
+    showStats(ev.data.stats);
+    setStatus("done", ev.data.stats.stop === "eos" ? "done" : `done (${ev.data.stats.stop})`);
+  } else if (ev.type === "error") {
+    setStatus("error", "error");
+    showError(ev.data.error.message);
+  }
+}
+
+function showStats(s) {
+  $("stat-tokens").textContent = s.tokens;
+  $("stat-forwards").textContent = s.forwards;
+  $("stat-tpf").textContent = s.tpf.toFixed(2);
+  $("stat-latency").textContent = `${(s.latency_s * 1000).toFixed(0)} ms`;
+  $("stat-decode").textContent = `${(s.decode_s * 1000).toFixed(0)} ms`;
+  $("stat-queue").textContent = `${(s.queue_s * 1000).toFixed(0)} ms`;
+  $("stat-batch").textContent = s.batch_size;
+  $("stat-decoder").textContent = s.decoder + (s.decoder === "ar" ? "" : ` ·L${s.block_length}`);
+}
+
+async function replay() {
+  const events = state.events.slice();
+  resetReport();
+  $("replay").disabled = true;
+  for (const ev of events) {
+    draw(ev);
+    if (ev.type === "step") await new Promise((r) => setTimeout(r, 90));
+  }
+  $("replay").disabled = false;
+}
+
+function setStatus(kind, text) {
+  const el = $("status");
+  el.dataset.state = kind;
+  el.textContent = text;
+}
+
+function showError(message) {
+  const el = $("error");
+  el.textContent = message;
+  el.hidden = false;
+}
+
+init();
