@@ -71,24 +71,97 @@ def _check_device(device: str) -> None:
         raise UserError(f"unknown device {device!r} (use cpu or cuda[:N])")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (ECHO, ECHO-Base, Qwen2.5-VL, echocxr-trained)")
-    p.add_argument("--image", nargs="+", required=True, metavar="FILE",
-                   help="the study's views (PNG, JPEG, DICOM); several files = one multi-view study")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", nargs="+", metavar="FILE",
+                     help="the study's views (PNG, JPEG, DICOM); several files = one multi-view study")
+    src.add_argument("--dir", metavar="DIR", help="every image in DIR is its own study (batched)")
+    src.add_argument("--manifest", metavar="FILE", help="every record of a manifest is a study (batched)")
     p.add_argument("--lang", default="en", choices=["en", "zh"])
     p.add_argument("--json", action="store_true", help="print one JSON object with the report and its stats")
+    p.add_argument("--out", metavar="FILE.jsonl", help="--dir/--manifest: write one JSON line per study here "
+                   "(default: stdout)")
+    p.add_argument("--batch-size", type=int, default=8, help="--dir/--manifest: studies decoded together")
     add_decode_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from echocxr.data.images import load_image
 
-    images = [load_image(path) for path in args.image]  # fail fast on a bad image, before loading the model
+    if args.image:
+        images = [load_image(path) for path in args.image]  # fail fast on a bad image, before loading the model
+        engine = load_engine(args.model, args)
+        cfg = decode_config_from_args(engine, args)
+        gen = engine.generate([engine.encode(images, lang=args.lang)], cfg)[0]
+        if args.json:
+            print(json.dumps({"report": gen.text, **gen.stats(), "model": args.model}, ensure_ascii=False))
+        else:
+            print(gen.text)
+        return 0
+    return run_many(args)
+
+
+def list_studies(args: argparse.Namespace) -> list[tuple[str, list[str], str]]:
+    """(study id, image paths, language) for --dir or --manifest."""
+    from pathlib import Path
+
+    from echocxr.errors import UserError
+
+    if args.dir:
+        d = Path(args.dir)
+        if not d.is_dir():
+            raise UserError(f"directory not found: {d}")
+        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {d}")
+        return [(f.stem, [str(f)], args.lang) for f in files]
+    from echocxr.data.manifest import load_manifest
+
+    samples = load_manifest(args.manifest)
+    if not samples:
+        raise UserError(f"manifest {args.manifest} has no records")
+    return [(s.sample_id, s.images, s.language or args.lang) for s in samples]
+
+
+def run_many(args: argparse.Namespace) -> int:
+    """Batched reports with a progress bar; a study whose image cannot be read is reported and skipped."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from echocxr.data.images import load_image
+    from echocxr.errors import UserError
+
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    studies = list_studies(args)
     engine = load_engine(args.model, args)
     cfg = decode_config_from_args(engine, args)
-    gen = engine.generate([engine.encode(images, lang=args.lang)], cfg)[0]
-    if args.json:
-        print(json.dumps({"report": gen.text, **gen.stats(), "model": args.model}, ensure_ascii=False))
-    else:
-        print(gen.text)
+    sink = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
+    failed = 0
+    try:
+        with tqdm(total=len(studies), desc="reports", dynamic_ncols=True, file=sys.stderr) as bar:
+            for i in range(0, len(studies), args.batch_size):
+                chunk, prompts, ok = studies[i:i + args.batch_size], [], []
+                for sid, paths, lang in chunk:
+                    try:
+                        prompts.append(engine.encode([load_image(p) for p in paths], lang=lang))
+                        ok.append(sid)
+                    except UserError as exc:
+                        failed += 1
+                        sink.write(json.dumps({"sample_id": sid, "error": str(exc)}, ensure_ascii=False) + "\n")
+                for sid, gen in zip(ok, engine.generate(prompts, cfg) if prompts else [], strict=True):
+                    sink.write(json.dumps({"sample_id": sid, "report": gen.text, "stats": gen.stats()},
+                                          ensure_ascii=False) + "\n")
+                sink.flush()
+                bar.update(len(chunk))
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    if failed:
+        print(f"echocxr report: {failed} of {len(studies)} studies skipped (unreadable images)", file=sys.stderr)
     return 0

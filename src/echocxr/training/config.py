@@ -78,6 +78,16 @@ RECIPES: dict[str, dict[str, dict]] = {
         "rad": dict(max_steps=300, lr=1e-3),
         "dcd": dict(max_steps=150, lr=5e-4),
     },
+    # the built-in demo model (scripts/train_demo_model.sh): CPU, about an hour for all three stages
+    "phantom-demo": {
+        "*": dict(batch_size=16, micro_batch_size=16, lr=2e-3, warmup_steps=30, log_every=20, eval_every=250,
+                  save_every=250, eval_examples=32, mixed_precision="no", block_length=4,
+                  tiny_model=dict(hidden=128, layers=4, heads=4, vision_hidden=64, vision_depth=2, vocab_size=1024),
+                  phantoms=dict(n=2400, seed=0, image_size=128)),
+        "ar": dict(max_steps=1500, freeze_vision=False),
+        "rad": dict(max_steps=1200, lr=1e-3),
+        "dcd": dict(max_steps=600, lr=5e-4),
+    },
     # one GPU, each stage within 20 minutes on an H100
     "phantom-small": {
         "*": dict(batch_size=32, micro_batch_size=32, lr=5e-4, warmup_steps=100, eval_every=500, save_every=500,
