@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from echocxr.training.config import load_config
     from echocxr.training.stages import StageRequest, run_stage
 
+    if args.no_progress:  # transformers' own bars too (loading / writing weights)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     langs = tuple(x.strip() for x in args.lang.split(",") if x.strip())
     if not langs or any(x not in ("en", "zh") for x in langs):
         raise UserError(f"--lang must list en and/or zh, got {args.lang!r}")

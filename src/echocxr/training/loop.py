@@ -101,11 +101,17 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
             start_step = int(state["step"])
             if acc.is_main_process:
                 print(f"resuming from {ckpt.name} (step {start_step})", flush=True)
-    model, opt, sched = acc.prepare(model, opt, sched)
+    # the scheduler stays unwrapped: accelerate's wrapper steps it once per process on every call, which under
+    # DDP would run the warmup/decay `world` times too fast (one optimizer step here is one global batch)
+    model, opt = acc.prepare(model, opt)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
-    if acc.is_main_process and not resume and metrics_path.exists():
-        metrics_path.unlink()
+    if acc.is_main_process and metrics_path.exists():
+        if not resume:
+            metrics_path.unlink()
+        else:  # drop what a crashed run logged after its last checkpoint (those steps are redone) and torn lines
+            metrics_path.write_text("".join(ln + "\n" for ln in metrics_path.read_text().splitlines()
+                                            if _logged_step(ln) <= start_step))
 
     def save(step: int) -> None:
         acc.wait_for_everyone()
@@ -131,21 +137,25 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
             ctx = acc.no_sync(model) if m < accum - 1 else _null()
             with ctx:
                 loss, mets = objective(model, [train[i] for i in chunk], chunk, epoch)
-                if not torch.isfinite(loss):
-                    raise UserError(f"loss is {float(loss)} at step {step}: stopping; the last good checkpoint "
-                                    f"in {out_dir} is kept")
-                acc.backward(loss / accum)
+                acc.backward(loss / accum)  # a non-finite loss is caught below, before any update
             total += float(loss.detach()) / accum
             for k, v in mets.items():
                 agg[k] = agg.get(k, 0.0) + v / accum
-        gnorm = acc.clip_grad_norm_(params if not cfg.fsdp else model.parameters(), cfg.clip) if cfg.clip > 0 else None
+        # the norm (after the gradient all-reduce, so every rank agrees) is needed even without clipping: a finite
+        # loss can still have a NaN/inf gradient, and one update with it would poison the next checkpoint
+        gnorm = acc.clip_grad_norm_(params if not cfg.fsdp else model.parameters(),
+                                    cfg.clip if cfg.clip > 0 else math.inf)
+        loss_t = torch.tensor([total], device=acc.device)
+        total = float(acc.reduce(loss_t, reduction="mean")) if world > 1 else total
+        if not (math.isfinite(total) and bool(torch.isfinite(gnorm))):
+            what = f"loss is {total}" if not math.isfinite(total) else f"gradient norm is {float(gnorm)}"
+            ckpt = latest_checkpoint(out_dir)
+            kept = f"the last good checkpoint {ckpt} is kept" if ckpt else "no checkpoint was written yet"
+            raise UserError(f"{what} at step {step + 1}: stopping before the update; {kept}")
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        loss_t = torch.tensor([total], device=acc.device)
-        total = float(acc.reduce(loss_t, reduction="mean")) if world > 1 else total
-        last = {"step": step + 1, "loss": total, "lr": sched.get_last_lr()[0],
-                "grad_norm": float(gnorm) if gnorm is not None else None, "epoch": epoch,
+        last = {"step": step + 1, "loss": total, "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm), "epoch": epoch,
                 "elapsed_s": time.perf_counter() - t0, **agg}
         bar.update(1)
         bar.set_postfix(loss=f"{total:.4f}")
@@ -175,6 +185,13 @@ def evaluate(model, objective: Objective, val: list, cfg: TrainConfig, acc) -> f
         losses.append(float(loss) * len(chunk))
     model.train()
     return sum(losses) / max(1, len(val))
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 class _null:

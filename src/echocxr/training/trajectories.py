@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
         return data["trajectories"], {**data["stats"], "cached": True, "path": str(path)}
     trajs, stats = collect_trajectories(engine, examples, block_length, tau, topk, max_new_tokens=max_new_tokens,
                                         progress=progress)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # per process: DDP ranks may collect the same entry at once
     torch.save({"trajectories": trajs, "stats": stats, "teacher": str(teacher_dir), "tau": tau,
                 "block_length": block_length}, tmp)
     tmp.replace(path)

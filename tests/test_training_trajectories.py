@@ -1,0 +1,288 @@
+"""DCD phase 1 (teacher trajectories) against the engine's multi-step decoder, and phase 2's loss by hand.
+
+The trajectories must be exactly what `ReportEngine.generate` does with the teacher config
+(low_confidence_dynamic, steps = L, threshold tau, response-aligned): the same committed tokens, the step at
+which the engine committed each slot, the teacher's distribution at that step. Repetition loops and
+unfinished decodes are dropped; the on-disk cache is reused.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from echocxr.backbones.loading import load_backbone
+from echocxr.decoding.engine import ReportEngine
+from echocxr.training.examples import TrainExample
+from echocxr.training.trajectories import (
+    collect_trajectories,
+    has_repetition_loop,
+    load_or_collect,
+    teacher_config,
+    trajectory_key,
+)
+
+L = 4
+MAX_NEW = 16
+
+
+def _image(seed: int, h: int, w: int):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w), dtype=np.uint8), mode="L")
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_vl_dir):
+    """A tiny teacher (logits sharpened so its confidences straddle tau) whose <eos> is a token that only some
+    prompts produce: some decodes finish, some do not, and the finished ones are mostly loop-free."""
+    bb = load_backbone(tiny_vl_dir, dtype="float32")
+    with torch.no_grad():
+        bb.model.lm_head.weight.mul_(8.0)
+    bb.eos_token_ids = []
+    free_engine = ReportEngine(bb)
+    imgs = [_image(i, 64 + 8 * i, 64) for i in range(6)]
+    examples = [TrainExample(prompt=free_engine.encode([im], lang="zh" if i % 3 == 2 else "en"), response_ids=[],
+                             sample_id=f"s{i}") for i, im in enumerate(imgs)]
+    free = [g.token_ids for g in free_engine.generate([e.prompt for e in examples], teacher_config(L, 0.9, MAX_NEW))]
+
+    def outcome(c):  # (kept, unfinished) if token c were the <eos>
+        done = [f[:f.index(c)] for f in free if c in f]
+        return sum(not has_repetition_loop(d) for d in done), len(free) - len(done)
+
+    cands = [c for c in sorted({t for f in free for t in f}) if outcome(c)[1] > 0 and outcome(c)[0] > 0]
+    assert cands, "the fixture model should produce prompt-specific tokens"
+    bb.eos_token_ids = [max(cands, key=lambda c: outcome(c)[0])]
+    return ReportEngine(bb), examples
+
+
+def engine_reference(engine, examples, tau):
+    """Run the engine's multi-step decoder and rebuild (tokens, step index, distribution) per slot from events."""
+    rec: dict[int, dict[int, tuple[int, int, torch.Tensor]]] = {i: {} for i in range(len(examples))}
+
+    def hook(ev):
+        if ev.kind != "step":
+            return
+        probs = torch.softmax(ev.logits.float(), -1)
+        for j, c in enumerate(ev.committed):
+            if c:
+                slot = ev.response_offset + j
+                assert slot not in rec[ev.sample], "a slot is committed once"
+                rec[ev.sample][slot] = (ev.tokens[j], ev.step + 1, probs[j])
+
+    cfg = teacher_config(L, tau, MAX_NEW)
+    assert (cfg.decoder, cfg.remasking, cfg.steps, cfg.threshold, cfg.prefill) == (
+        "multistep", "low_confidence_dynamic", L, tau, "response_aligned")
+    gens = engine.generate([e.prompt for e in examples], cfg, on_event=hook)
+    return gens, rec
+
+
+@pytest.mark.parametrize("tau", [0.9, 0.5])
+def test_trajectories_equal_the_engine_multistep_decode(teacher, tau):
+    engine, examples = teacher
+    gens, rec = engine_reference(engine, examples, tau)
+    trajs, stats = collect_trajectories(engine, examples, L, tau, max_new_tokens=MAX_NEW, progress=False)
+    finished = [i for i, g in enumerate(gens) if g.stop == "eos"]
+    looped = [i for i in finished if has_repetition_loop(gens[i].token_ids)]
+    assert 0 < len(finished) < len(examples), [g.stop for g in gens]
+    assert stats == {"kept": len(finished) - len(looped), "dropped_unfinished": len(examples) - len(finished),
+                     "dropped_loop": len(looped)}
+    assert set(trajs) == {examples[i].sample_id for i in finished if i not in looped}
+    eos = engine.bb.eos_token_ids[0]
+    V = engine.model.get_output_embeddings().weight.shape[0]
+    rounds = []  # rounds each kept block took
+    for i, e in enumerate(examples):
+        if e.sample_id not in trajs:
+            continue
+        t, g = trajs[e.sample_id], gens[i]
+        R = len(t.tokens)
+        assert R % L == 0 and R == -(-(len(g.token_ids) + 1) // L) * L  # whole blocks, up to the <eos> block
+        assert t.tokens[:len(g.token_ids)] == g.token_ids and t.tokens[len(g.token_ids)] == eos
+        assert t.tokens == [rec[i][j][0] for j in range(R)]
+        assert t.steps.tolist() == [rec[i][j][1] for j in range(R)]
+        assert t.index.shape == t.probs.shape == (R, V) and torch.equal(t.index[0], torch.arange(V))
+        ref = torch.stack([rec[i][j][2] for j in range(R)])
+        torch.testing.assert_close(t.probs.float(), ref, atol=1e-3, rtol=1e-2)
+        # the committed token is the teacher's argmax at commit time (greedy)
+        assert ref.argmax(-1).tolist() == t.tokens
+        for b in range(R // L):  # every block: rounds 1..k, each round commits at least one slot
+            s = sorted(set(t.steps[b * L:(b + 1) * L].tolist()))
+            assert s == list(range(1, len(s) + 1))
+            rounds.append(len(s))
+    # some blocks took several rounds, some rounds committed several slots
+    assert max(rounds) > 1 and min(rounds) < L, rounds
+
+
+def test_trajectories_batching_and_topk(teacher):
+    engine, examples = teacher
+    full, _ = collect_trajectories(engine, examples, L, 0.9, max_new_tokens=MAX_NEW, progress=False)
+    small, _ = collect_trajectories(engine, examples, L, 0.9, batch_size=2, max_new_tokens=MAX_NEW, progress=False)
+    topk, _ = collect_trajectories(engine, examples, L, 0.9, topk=5, max_new_tokens=MAX_NEW, progress=False)
+    assert full.keys() == small.keys() == topk.keys() and full
+    for k in full:
+        assert full[k].tokens == small[k].tokens and torch.equal(full[k].steps, small[k].steps)
+        torch.testing.assert_close(full[k].probs, small[k].probs, atol=1e-3, rtol=0)
+        assert topk[k].index.shape == (len(full[k].tokens), 5)
+        ref = full[k].probs.float().topk(5, dim=-1)
+        assert torch.equal(topk[k].index[:, 0], ref.indices[:, 0])
+        torch.testing.assert_close(topk[k].probs.float(), ref.values, atol=1e-3, rtol=0)
+
+
+def test_repetition_loop_examples_are_dropped(teacher, monkeypatch):
+    import echocxr.training.trajectories as trajectories
+
+    engine, examples = teacher
+    gens = engine.generate([e.prompt for e in examples], teacher_config(L, 0.9, MAX_NEW))
+    finished = [i for i, g in enumerate(gens) if g.stop == "eos"]
+    victim = gens[finished[0]].token_ids
+    monkeypatch.setattr(trajectories, "has_repetition_loop", lambda ids: ids == victim)
+    trajs, stats = collect_trajectories(engine, examples, L, 0.9, max_new_tokens=MAX_NEW, progress=False)
+    n_victims = sum(gens[i].token_ids == victim for i in finished)
+    assert stats["dropped_loop"] == n_victims >= 1
+    assert stats["kept"] == len(finished) - n_victims and len(trajs) == stats["kept"]
+    assert examples[finished[0]].sample_id not in trajs
+
+
+def test_unfinished_examples_are_dropped(teacher):
+    engine, examples = teacher
+    gens = engine.generate([e.prompt for e in examples], teacher_config(L, 0.9, L))  # one block only
+    trajs, stats = collect_trajectories(engine, examples, L, 0.9, max_new_tokens=L, progress=False)
+    n_done = sum(g.stop == "eos" for g in gens)
+    assert stats["dropped_unfinished"] == len(examples) - n_done > 0
+    assert all(len(t.tokens) == L for t in trajs.values())
+
+
+@pytest.mark.parametrize("ids,expected", [
+    ([], False),
+    ([7, 7, 7], False),
+    ([7, 7, 7, 7], True),
+    ([1, 2, 3, 7, 7, 7, 7], True),
+    ([1, 2, 1, 2, 1, 2, 1, 2], True),
+    ([1, 2, 1, 2, 1, 2, 1, 2, 9], False),  # the loop must be at the end
+    ([1, 2, 1, 2, 1, 2], False),  # three copies only
+    ([5, 1, 2, 3] * 4, True),
+    (list(range(8)) * 4, True),  # an 8-gram, the longest checked
+    (list(range(9)) * 4, False),  # a 9-gram is too long
+    ([3, 1, 2, 3, 1, 2, 3, 1, 2, 4, 1, 2], False),
+    ([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], False),
+])
+def test_has_repetition_loop(ids, expected):
+    assert has_repetition_loop(ids) is expected
+
+
+def test_has_repetition_loop_settings():
+    assert has_repetition_loop([4, 4], min_repeats=2)
+    assert not has_repetition_loop(list(range(3)) * 4, max_ngram=2)
+
+
+def test_trajectory_cache_is_reused(teacher, tiny_vl_dir, tmp_path):
+    engine, examples = teacher
+    calls = []
+    real = engine.generate
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    engine.generate = counting
+    try:
+        a, sa = load_or_collect(tmp_path, str(tiny_vl_dir), engine, examples, L, 0.9, max_new_tokens=MAX_NEW,
+                                progress=False)
+        n = len(calls)
+        b, sb = load_or_collect(tmp_path, str(tiny_vl_dir), engine, examples, L, 0.9, max_new_tokens=MAX_NEW,
+                                progress=False)
+        assert len(calls) == n  # no decoding the second time
+        assert sa["cached"] is False and sb["cached"] is True and sa["path"] == sb["path"]
+        assert {k: v for k, v in sa.items() if k != "cached"} == {k: v for k, v in sb.items() if k != "cached"}
+        assert a.keys() == b.keys() and a
+        for k in a:
+            assert a[k].tokens == b[k].tokens and a[k].sample_id == b[k].sample_id
+            assert torch.equal(a[k].index, b[k].index) and torch.equal(a[k].probs, b[k].probs)
+            assert torch.equal(a[k].steps, b[k].steps)
+        assert not list(tmp_path.glob("*.tmp"))
+    finally:
+        del engine.generate
+    # other settings, other examples or another teacher are another cache entry
+    key = trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 0, MAX_NEW)
+    assert sa["path"].endswith(f"trajectories-{key}.pt")
+    others = {trajectory_key(str(tiny_vl_dir), examples, L, 0.5, 0, MAX_NEW),
+              trajectory_key(str(tiny_vl_dir), examples, 8, 0.9, 0, MAX_NEW),
+              trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 16, MAX_NEW),
+              trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 0, 2 * MAX_NEW),
+              trajectory_key(str(tiny_vl_dir), examples[:3], L, 0.9, 0, MAX_NEW),
+              trajectory_key(str(tmp_path), examples, L, 0.9, 0, MAX_NEW)}
+    assert len(others) == 6 and key not in others
+
+
+def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):
+    """Phase 2 by hand: the student's logits for block n are a one-step decode given the teacher's earlier
+    blocks (all of block n masked); loss = sum_i w_i KL(P_tch[i] || p_student[i]) / sum_i w_i with w_i = s_i
+    (SW) + eos_ce * CE(<eos>) on the slots where the teacher wrote <eos>; per-example means, then the mean."""
+    from echocxr.diffusion.masks import additive_mask, canvas_groups
+    from echocxr.training.config import TrainConfig
+    from echocxr.training.objectives import DCDObjective, PromptPositions, TokenIds
+    from echocxr.training.trajectories import Trajectory
+
+    bb = load_backbone(tiny_text_dir, dtype="float32")
+    tok, mask = bb.tokenizer, bb.mask_token_id
+    eos = tok.eos_token_id
+    V = bb.model.get_output_embeddings().weight.shape[0]
+    g = torch.Generator().manual_seed(0)
+    examples, trajs = [], {}
+    for i, (instr, R) in enumerate([("Write a report.", 8), ("Findings please, and be brief about it.", 12)]):
+        e = TrainExample(prompt=engine_prompt(tok, instr), response_ids=[], sample_id=f"x{i}")
+        toks = torch.randint(20, 300, (R,), generator=g).tolist()
+        toks[R - 3] = eos
+        logits = torch.randn(R, V, generator=g) * 2
+        trajs[e.sample_id] = Trajectory(e.sample_id, toks, torch.arange(V).expand(R, -1),
+                                        torch.softmax(logits, -1).half(),
+                                        torch.randint(1, L + 1, (R,), generator=g))
+        examples.append(e)
+    ids = TokenIds(pad=tok.pad_token_id, mask=mask, eos=eos)
+
+    def by_hand(sw: bool, eos_ce: float) -> float:
+        per = []
+        for e in examples:
+            t = trajs[e.sample_id]
+            P, R = e.prompt.length, len(t.tokens)
+            kl = torch.zeros(R)
+            ce = torch.zeros(R)
+            for n in range(R // L):
+                seq = torch.cat([e.prompt.input_ids, torch.tensor(t.tokens[:n * L] + [mask] * L)])
+                grp = canvas_groups(len(seq), P, L, P)
+                m = additive_mask((grp[None, :] <= grp[:, None])[None, None], torch.float32)
+                with torch.no_grad():
+                    out = bb.model(input_ids=seq[None], attention_mask=m,
+                                   position_ids=torch.arange(len(seq))[None]).logits[0, -L:]
+                logq = torch.log_softmax(out, -1)
+                p = t.probs[n * L:(n + 1) * L].float()
+                p = p / p.sum(-1, keepdim=True)
+                kl[n * L:(n + 1) * L] = (p * (torch.log(p.clamp_min(1e-12)) - logq)).sum(-1)
+                ce[n * L:(n + 1) * L] = -logq[:, eos]
+            w = t.steps.float() if sw else torch.ones(R)
+            loss = (w * kl).sum() / w.sum()
+            is_eos = torch.tensor(t.tokens) == eos
+            if eos_ce:
+                loss = loss + eos_ce * ce[is_eos].mean()
+            per.append(loss)
+        return float(torch.stack(per).mean())
+
+    for sw, eos_ce in [(True, 1.0), (False, 0.0), (True, 0.5)]:
+        cfg = TrainConfig(block_length=L, sw=sw, eos_ce=eos_ce)
+        obj = DCDObjective(PromptPositions(bb.model, False), ids, False, cfg, trajs)
+        with torch.no_grad():
+            loss, mets = obj(bb.model, examples, [0, 1], 0)
+        assert float(loss) == pytest.approx(by_hand(sw, eos_ce), rel=1e-4, abs=1e-5)
+        assert ("eos_ce" in mets) == (eos_ce > 0)
+    # the reverse-KL ablation runs and differs
+    obj = DCDObjective(PromptPositions(bb.model, False), ids, False, TrainConfig(block_length=L, rkl=True), trajs)
+    with torch.no_grad():
+        rkl, _ = obj(bb.model, examples, [0, 1], 0)
+    assert torch.isfinite(rkl) and float(rkl) != pytest.approx(by_hand(True, 1.0), rel=1e-3)
+
+
+def engine_prompt(tok, instruction: str):
+    from echocxr.backbones.prompt import encode_prompt
+
+    return encode_prompt(tok, None, None, instruction=instruction)
