@@ -84,3 +84,25 @@ def test_train_flops_measure_runs(capsys):
 def test_bench_bad_input(argv, capsys):
     assert main(argv) == 2
     assert "must be positive" in capsys.readouterr().err
+
+
+def test_data_convert_cli(tmp_path, capsys):
+    from echocxr.data.manifest import load_manifest
+
+    eval_dir = tmp_path / "eval"
+    (eval_dir / "img").mkdir(parents=True)
+    random_image(1, 40, 40).save(eval_dir / "img" / "a.png")
+    records = [{"sample_id": "a", "images": ["img/a.png"], "ground_truth": {"findings": "Lungs clear.",
+                                                                             "impression": "Normal."}},
+               {"sample_id": "b", "images": ["img/missing.png"], "ground_truth": {"findings": "x", "impression": "y"}}]
+    js = eval_dir / "test.json"
+    js.write_text(json.dumps(records))
+    out = tmp_path / "m" / "manifest.json"
+    assert main(["data", "convert", "echo-json", str(js), "--out", str(out), "--option", f"image_root={eval_dir}"]) == 0
+    text = capsys.readouterr().out
+    assert "wrote 1 studies" in text and "warning" in text
+    (s,) = load_manifest(out)
+    assert s.sample_id == "a" and s.findings == "Lungs clear." and (eval_dir / "img" / "a.png").samefile(s.images[0])
+    assert main(["data", "convert", "padchest", str(js), "--out", str(out)]) == 2
+    assert main(["data", "convert", "echo-json", str(js), "--out", str(out), "--option", "oops"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err

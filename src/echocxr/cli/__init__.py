@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "report": ("echocxr.cli.report", "write reports for chest X-ray images with a model directory"),
     "phantoms": ("echocxr.cli.phantoms", "render a CXR-Phantom benchmark set (images + manifests)"),
     "tokenizer": ("echocxr.cli.tokenizer", "train the project BPE tokenizer"),
+    "data": ("echocxr.cli.data", "convert a real dataset (MIMIC-CXR, CheXpert-Plus, ...) to a manifest"),
     "eval": ("echocxr.cli.eval", "evaluate reports: text metrics, clinical F1, speed"),
     "train": ("echocxr.cli.train", "train a stage: ar, rad, dcd or a baseline"),
     "serve": ("echocxr.cli.serve", "serve reports over HTTP"),

@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    import os
 
     from echocxr.errors import UserError
     from echocxr.training.config import load_config
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
                                      data_dir=Path(args.data) if args.data else None, languages=langs,
                                      resume=args.resume, progress=not args.no_progress))
     last = summary.get("last", {})
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     print(json.dumps({"stage": args.stage, "final_model": summary["final_model"], "loss": last.get("loss"),
                       "eval_loss": last.get("eval_loss"), "steps": last.get("step")}))
     return 0

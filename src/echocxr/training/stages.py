@@ -88,9 +88,13 @@ def stage_settings(stage: str, cfg: TrainConfig) -> ModelSettings:
 def run_stage(req: StageRequest) -> dict:
     from echocxr.backbones.loading import load_backbone
 
+    from accelerate import PartialState
+
     cfg, stage = req.cfg, req.stage
     torch.manual_seed(cfg.seed)
-    data = ensure_data(req)
+    state = PartialState()
+    with state.main_process_first():  # rank 0 renders the phantom set once; the others then read it
+        data = ensure_data(req)
     train_samples = read_split(data, "train", req.languages)
     val_samples = read_split(data, "val", req.languages)
     if req.from_dir is None:
@@ -117,21 +121,23 @@ def run_stage(req: StageRequest) -> dict:
         from echocxr.decoding.engine import ReportEngine
         from echocxr.training.trajectories import load_or_collect
 
-        teacher = load_backbone(req.from_dir, dtype="float32", device=_device())
-        engine = ReportEngine(teacher)
-        trajs, st = load_or_collect(req.out.parent / "trajectories", str(req.from_dir), engine, train,
-                                    cfg.block_length, cfg.tau, cfg.trajectory_topk, cfg.max_response_tokens,
-                                    progress=req.progress)
-        del teacher, engine
+        with state.main_process_first():  # rank 0 decodes and caches; the others load its cache
+            teacher = load_backbone(req.from_dir, dtype="float32", device=_device())
+            engine = ReportEngine(teacher)
+            trajs, st = load_or_collect(req.out.parent / "trajectories", str(req.from_dir), engine, train,
+                                        cfg.block_length, cfg.tau, cfg.trajectory_topk, cfg.max_response_tokens,
+                                        progress=req.progress and state.is_main_process)
+            del teacher, engine
         train = [e for e in train if e.sample_id in trajs]
         if len(train) < cfg.batch_size:
             raise UserError(f"the teacher finished only {st['kept']} of {st['kept'] + st['dropped_unfinished'] + st['dropped_loop']} "
                             f"training examples ({st['dropped_unfinished']} unfinished, {st['dropped_loop']} in repetition "
                             f"loops): too few for a batch of {cfg.batch_size}; train the teacher longer")
-        vtrajs, _ = load_or_collect(req.out.parent / "trajectories", str(req.from_dir),
-                                    ReportEngine(load_backbone(req.from_dir, dtype="float32", device=_device())),
-                                    val, cfg.block_length, cfg.tau, cfg.trajectory_topk, cfg.max_response_tokens,
-                                    progress=False)
+        with state.main_process_first():
+            vtrajs, _ = load_or_collect(req.out.parent / "trajectories", str(req.from_dir),
+                                        ReportEngine(load_backbone(req.from_dir, dtype="float32", device=_device())),
+                                        val, cfg.block_length, cfg.tau, cfg.trajectory_topk, cfg.max_response_tokens,
+                                        progress=False)
         val = [e for e in val if e.sample_id in vtrajs]
         trajs.update(vtrajs)
         extra["trajectories"] = st
@@ -143,14 +149,16 @@ def run_stage(req: StageRequest) -> dict:
             options = {"num_train": len(train)} if stage == "d3llm" else {}
             objective = make_baseline_objective(stage, positions, ids, bb.is_vision, cfg, trajs, **options)
     req.out.mkdir(parents=True, exist_ok=True)
-    (req.out / "train_config.json").write_text(json.dumps({"stage": stage, **cfg.to_dict(), **extra}, indent=1,
-                                                         default=str))
+    if state.is_main_process:
+        (req.out / "train_config.json").write_text(
+            json.dumps({"stage": stage, **cfg.to_dict(), **extra}, indent=1, default=str))
     from echocxr.training.loop import run_training
 
     last = run_training(model, objective, train, val, cfg, req.out, tok, ip, stage_settings(stage, cfg),
                         resume=req.resume, stage=stage, progress=req.progress)
     summary = {"stage": stage, "out": str(req.out), "final_model": str(req.out / "final"), **extra, "last": last}
-    (req.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    if state.is_main_process:
+        (req.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
 
