@@ -86,9 +86,9 @@ def stage_settings(stage: str, cfg: TrainConfig) -> ModelSettings:
 
 
 def run_stage(req: StageRequest) -> dict:
-    from echocxr.backbones.loading import load_backbone
-
     from accelerate import PartialState
+
+    from echocxr.backbones.loading import load_backbone
 
     cfg, stage = req.cfg, req.stage
     torch.manual_seed(cfg.seed)
