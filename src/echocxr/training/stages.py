@@ -92,7 +92,7 @@ def run_stage(req: StageRequest) -> dict:
 
     cfg, stage = req.cfg, req.stage
     torch.manual_seed(cfg.seed)
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # must match the Accelerator made in loop.py
     with state.main_process_first():  # rank 0 renders the phantom set once; the others then read it
         data = ensure_data(req)
     train_samples = read_split(data, "train", req.languages)
