@@ -12,8 +12,6 @@ from pathlib import Path
 
 from echocxr.cli.report import add_decode_arguments
 
-BUILTIN_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo_model"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model directory (default: the built-in CXR-Phantom model)")
@@ -29,14 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from echocxr.backbones.builtin import model_dir_or_builtin
     from echocxr.cli.report import decode_config_from_args, load_engine
     from echocxr.data.images import load_image
     from echocxr.errors import UserError
 
-    model_dir = Path(args.model) if args.model else BUILTIN_MODEL
+    model_dir = Path(model_dir_or_builtin(args.model))
     if not (model_dir / "config.json").is_file():
-        raise UserError(f"no model at {model_dir}: pass --model DIR, or train the built-in one with "
-                        "scripts/train_demo_model.sh")
+        raise UserError(f"no model at {model_dir} (no config.json)")
     truth: list[str] | None = None
     if args.image:
         images = [load_image(p) for p in args.image]

@@ -75,7 +75,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".t
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory (ECHO, ECHO-Base, Qwen2.5-VL, echocxr-trained)")
+    p.add_argument("--model", help="model directory (ECHO, ECHO-Base, Qwen2.5-VL, echocxr-trained; default: the built-in model)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", nargs="+", metavar="FILE",
                      help="the study's views (PNG, JPEG, DICOM); several files = one multi-view study")
@@ -90,8 +90,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from echocxr.backbones.builtin import model_dir_or_builtin
     from echocxr.data.images import load_image
 
+    args.model = model_dir_or_builtin(args.model)
     if args.image:
         images = [load_image(path) for path in args.image]  # fail fast on a bad image, before loading the model
         engine = load_engine(args.model, args)

@@ -13,7 +13,7 @@ from echocxr.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory (ECHO, ECHO-Base, Qwen2.5-VL, echocxr-trained)")
+    p.add_argument("--model", help="model directory (ECHO, ECHO-Base, Qwen2.5-VL, echocxr-trained; default: the built-in model)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="most requests decoded together in one batch")
@@ -44,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"echocxr serve: warning: listening on {args.host} without --token: anyone who can reach it "
               "can use it", file=sys.stderr)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from echocxr.backbones.builtin import model_dir_or_builtin
+
+    args.model = model_dir_or_builtin(args.model)
     engine = load_engine(args.model, args)
     cfg = decode_config_from_args(engine, args).validate()
     config = ServerConfig(
