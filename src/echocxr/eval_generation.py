@@ -26,18 +26,23 @@ def generate_predictions(args: argparse.Namespace, samples: list[Sample]) -> Ite
     with tqdm(total=len(samples), desc="generate", dynamic_ncols=True) as bar:
         for i in range(0, len(samples), bs):
             chunk = samples[i:i + bs]
-            prompts, ok = [], []
-            for s in chunk:
+            prompts, rows = [], {}
+            for j, s in enumerate(chunk):
                 try:
                     imgs = [load_image(p) for p in s.images] if engine.is_vision else []
                     prompts.append(engine.encode(imgs, lang=getattr(args, "lang", None) or s.language))
-                    ok.append(s)
-                except UserError:
+                    rows[j] = len(prompts) - 1
+                except UserError as exc:
                     bad += 1
-                    yield {"sample_id": s.sample_id, "report": "", "stats": None}
-            for s, g in zip(ok, engine.generate(prompts, cfg) if prompts else [], strict=True):
-                yield {"sample_id": s.sample_id, "report": g.text,
-                       "stats": {**g.stats(), "device": device, "dtype": dtype}}
+                    rows[j] = str(exc)
+            gens = engine.generate(prompts, cfg) if prompts else []
+            for j, s in enumerate(chunk):  # manifest order
+                r = rows[j]
+                if isinstance(r, str):
+                    yield {"sample_id": s.sample_id, "report": "", "stats": None, "error": r}
+                else:
+                    yield {"sample_id": s.sample_id, "report": gens[r].text,
+                           "stats": {**gens[r].stats(), "device": device, "dtype": dtype}}
             bar.update(len(chunk))
     if bad:
         warnings.warn(f"{bad} studies had unreadable images and got an empty report", stacklevel=2)

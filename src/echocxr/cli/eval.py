@@ -166,8 +166,8 @@ def _generate(args: argparse.Namespace, samples: list[Any], dist: Any) -> list[d
     mine = [samples[i] for i in shard_indices(len(samples), dist.world_size, dist.rank, 1)]
     produced = list(generate_predictions(args, mine))
     preds = [p for part in dist.all_gather(produced) for p in part]
-    return [{"sample_id": str(p["sample_id"]), "report": str(p.get("report", "")), "stats": p.get("stats")}
-            for p in preds]
+    return [{"sample_id": str(p["sample_id"]), "report": str(p.get("report", "")), "stats": p.get("stats"),
+             **({"error": p["error"]} if p.get("error") else {})} for p in preds]
 
 
 # ----------------------------------------------------------------------------------------------- verbs
@@ -224,10 +224,11 @@ def _speed(data: Any, args: argparse.Namespace) -> dict[str, Any]:
     from echocxr.metrics.speed import aggregate_speed
 
     stats = [s for s in data.stats if s]
-    if len(stats) != len(data):
+    if len(stats) != len(data) and not (args.model and stats):
+        # --model: a study whose image could not be read has no decode, hence no speed figures
         raise UserError(f"speed needs \"stats\" on every prediction ({len(stats)} of {len(data)} have them)")
     try:
-        return aggregate_speed(stats)
+        return {**aggregate_speed(stats), "n_speed_reports": len(stats)}
     except ValueError as exc:
         raise UserError(f"bad speed stats: {exc}") from None
 
