@@ -15,7 +15,7 @@ from echocxr.cli.report import add_decode_arguments
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model directory (default: the built-in CXR-Phantom model)")
-    p.add_argument("--case", type=int, default=0, help="CXR-Phantom case index (default 0)")
+    p.add_argument("--case", type=int, default=4, help="CXR-Phantom case index (default 4)")
     p.add_argument("--phantom-seed", type=int, default=2026, help="CXR-Phantom seed (default 2026)")
     p.add_argument("--image", nargs="+", metavar="FILE", help="use these views instead of a phantom study")
     p.add_argument("--save-image", metavar="FILE.png", help="also write the phantom study's image here")
