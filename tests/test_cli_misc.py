@@ -106,3 +106,16 @@ def test_data_convert_cli(tmp_path, capsys):
     assert main(["data", "convert", "padchest", str(js), "--out", str(out)]) == 2
     assert main(["data", "convert", "echo-json", str(js), "--out", str(out), "--option", "oops"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_builtin_model_writes_a_one_step_report(capsys):
+    """The README's first command: the shipped model decodes a phantom study one block per forward."""
+    from echocxr.backbones.builtin import BUILTIN_MODEL_DIR
+
+    assert (BUILTIN_MODEL_DIR / "config.json").is_file(), "the built-in model must ship with the package"
+    assert main(["demo", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["decoder"] == "onestep" and out["block_length"] == 4 and out["stop"] == "eos"
+    assert out["report"].startswith("Findings:") and "Impression:" in out["report"]
+    assert out["tpf"] > 3.5 and out["forwards"] * 4 >= out["tokens"]
+    assert isinstance(out["findings_in_report"], list)

@@ -309,3 +309,15 @@ def test_nan_gradient_with_finite_loss_never_reaches_a_checkpoint(setup, tmp_pat
     ck = latest_checkpoint(out)
     assert ck == out / "checkpoint-0000002"
     assert all(torch.isfinite(v).all() for v in _weights(ck).values())
+
+
+def test_fsdp_is_refused_with_a_clear_message(monkeypatch):
+    from echocxr.errors import UserError
+    from echocxr.training.config import TrainConfig
+    from echocxr.training.loop import make_accelerator
+
+    with pytest.raises(UserError, match="FSDP is not supported yet"):
+        make_accelerator(TrainConfig(fsdp=True))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(UserError, match="FSDP is not supported yet"):
+        make_accelerator(TrainConfig())
