@@ -207,3 +207,19 @@ def test_cancelled_sample_leaves_the_batch(vl_engine, images):
     assert outs[1].stop == "cancelled" and outs[1].forwards == 2
     assert outs[1].token_ids == full[1].token_ids[: len(outs[1].token_ids)]
     assert [outs[0].token_ids, outs[2].token_ids] == [full[0].token_ids, full[2].token_ids]
+
+
+def test_cancelled_ar_sample_keeps_only_decoded_tokens(vl_engine, images):
+    prompts = vl_prompts(vl_engine, images)
+    cfg = DecodeConfig(decoder="ar", max_new_tokens=12)
+    full = vl_engine.generate(prompts, cfg)
+    steps = {}
+
+    def hook(ev):
+        if ev.kind == "step":
+            steps[ev.sample] = steps.get(ev.sample, 0) + 1
+
+    outs = vl_engine.generate(prompts, cfg, on_event=hook, is_cancelled=lambda i: i == 0 and steps.get(0, 0) >= 3)
+    assert len(full[0].token_ids) > 3  # the uncancelled decode goes on past the cancel point
+    assert outs[0].stop == "cancelled" and outs[0].forwards == 3
+    assert outs[0].token_ids == full[0].token_ids[:3] and outs[0].tokens == 3

@@ -181,7 +181,6 @@ class ReportEngine:
                 return
             col = batch.C - 1 + t
             logits = self._step_logits(batch, col, col + 1, cfg)
-            logits[..., self.suppress] = float("-inf")
             tok, _, _ = sample_tokens(logits[:, -1:], cfg.temperature, cfg.top_k, cfg.top_p, gen)
             batch.tokens[:, col + 1] = tok[:, 0]
             batch.forwards += 1
@@ -210,7 +209,6 @@ class ReportEngine:
                     break
                 batch.tokens[:, b0:b1] = cur
                 logits = self._step_logits(batch, b0 - L if carry_prev else b0, b1, cfg, denoise=True)
-                logits[..., self.suppress] = float("-inf")
                 x0, conf, _ = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen)
                 commit = select_transfer(masked, conf, k, cfg.remasking, cfg.threshold)
                 cur = torch.where(commit, x0, cur)
@@ -225,13 +223,16 @@ class ReportEngine:
 
     # ---- model calls ------------------------------------------------------------------------------
     def _step_logits(self, batch: _Batch, q0: int, q1: int, cfg: DecodeConfig, denoise: bool = False) -> torch.Tensor:
-        """Logits for the last `n` fed columns, n = block length (denoise) or 1 (AR)."""
+        """Logits for the last `n` fed columns, n = block length (denoise) or 1 (AR), with the tokens that
+        are never emitted (mask, vision placeholders) ruled out."""
         n = cfg.block_length if denoise else 1
         if not cfg.use_cache:
-            return self._forward(batch, 0, q1, keep=n, vision=True, use_cache=False)
-        logits = self._forward(batch, q0, q1, keep=n)
-        if denoise:
-            batch.cache.crop(-n)  # denoising passes never keep the current block's KV
+            logits = self._forward(batch, 0, q1, keep=n, vision=True, use_cache=False)
+        else:
+            logits = self._forward(batch, q0, q1, keep=n)
+            if denoise:
+                batch.cache.crop(-n)  # denoising passes never keep the current block's KV
+        logits[..., self.suppress] = float("-inf")
         return logits
 
     def _forward(self, batch: _Batch, q0: int, q1: int, keep: int, vision: bool = False,
@@ -299,19 +300,17 @@ class _Finisher:
             return
         now = self.e._now()
         for r in torch.nonzero(done).flatten().tolist():
-            self.results[int(b.index[r])] = self._result(r, now, cancelled=bool(cancelled[r]))
+            self.results[int(b.index[r])] = self._result(r, now, c1, cancelled=bool(cancelled[r]))
         b.keep(torch.nonzero(~done).flatten())
 
-    def _result(self, r: int, now: float, cancelled: bool = False) -> Generation:
+    def _result(self, r: int, now: float, decoded_end: int, cancelled: bool = False) -> Generation:
+        """The sample's response: columns decoded so far (up to `decoded_end`), cut at max_new_tokens/<eos>."""
         b, cfg = self.batch, self.cfg
         start = int(b.response_start[r])
-        row = b.tokens[r, start:].tolist()
+        row = b.tokens[r, start:decoded_end].tolist()
         eos_set = set(self.e.bb.eos_token_ids)
-        stop, cut = "length", min(len(row), cfg.max_new_tokens)
-        if cancelled:
-            mask_id = self.e.bb.mask_token_id
-            stop = "cancelled"
-            cut = next((j for j, t in enumerate(row[:cut]) if t == mask_id), cut)
+        stop = "cancelled" if cancelled else "length"
+        cut = min(len(row), cfg.max_new_tokens)
         for j, t in enumerate(row[:cut]):
             if t in eos_set:
                 stop, cut = "eos", j
