@@ -107,10 +107,11 @@ def run(args: argparse.Namespace) -> int:
     return run_many(args)
 
 
-def list_studies(args: argparse.Namespace) -> list[tuple[str, list[str], str]]:
-    """(study id, image paths, language) for --dir or --manifest."""
+def list_studies(args: argparse.Namespace) -> list:
+    """The studies of --dir (one image each) or --manifest."""
     from pathlib import Path
 
+    from echocxr.decoding.studies import Study
     from echocxr.errors import UserError
 
     if args.dir:
@@ -120,22 +121,20 @@ def list_studies(args: argparse.Namespace) -> list[tuple[str, list[str], str]]:
         files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {d}")
-        return [(f.stem, [str(f)], args.lang) for f in files]
+        return [Study(f.stem, [str(f)], args.lang) for f in files]
     from echocxr.data.manifest import load_manifest
 
     samples = load_manifest(args.manifest)
     if not samples:
         raise UserError(f"manifest {args.manifest} has no records")
-    return [(s.sample_id, s.images, s.language or args.lang) for s in samples]
+    return [Study(s.sample_id, s.images, s.language or args.lang) for s in samples]
 
 
 def run_many(args: argparse.Namespace) -> int:
     """Batched reports with a progress bar; a study whose image cannot be read is reported and skipped."""
     import sys
 
-    from tqdm.auto import tqdm
-
-    from echocxr.data.images import load_image
+    from echocxr.decoding.studies import decode_studies
     from echocxr.errors import UserError
 
     if args.batch_size < 1:
@@ -146,21 +145,14 @@ def run_many(args: argparse.Namespace) -> int:
     sink = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
     failed = 0
     try:
-        with tqdm(total=len(studies), desc="reports", dynamic_ncols=True, file=sys.stderr) as bar:
-            for i in range(0, len(studies), args.batch_size):
-                chunk, prompts, ok = studies[i:i + args.batch_size], [], []
-                for sid, paths, lang in chunk:
-                    try:
-                        prompts.append(engine.encode([load_image(p) for p in paths], lang=lang))
-                        ok.append(sid)
-                    except UserError as exc:
-                        failed += 1
-                        sink.write(json.dumps({"sample_id": sid, "error": str(exc)}, ensure_ascii=False) + "\n")
-                for sid, gen in zip(ok, engine.generate(prompts, cfg) if prompts else [], strict=True):
-                    sink.write(json.dumps({"sample_id": sid, "report": gen.text, "stats": gen.stats()},
-                                          ensure_ascii=False) + "\n")
-                sink.flush()
-                bar.update(len(chunk))
+        for study, gen, error in decode_studies(engine, cfg, studies, args.batch_size):
+            if error is not None:
+                failed += 1
+                row = {"sample_id": study.sample_id, "error": error}
+            else:
+                row = {"sample_id": study.sample_id, "report": gen.text, "stats": gen.stats()}
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sink.flush()
     finally:
         if sink is not sys.stdout:
             sink.close()
