@@ -33,9 +33,13 @@ def save_model_dir(out: Path, model, tokenizer, image_processor, settings: Model
     _replace_dir(tmp, out)
 
 
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / f"checkpoint-{step:07d}"
+
+
 def save_checkpoint(out_dir: Path, step: int, model, tokenizer, image_processor, settings: ModelSettings,
                     trainer_state: dict) -> Path:
-    ckpt = Path(out_dir) / f"checkpoint-{step:07d}"
+    ckpt = checkpoint_dir(out_dir, step)
     tmp = ckpt.parent / f".tmp-{ckpt.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -44,6 +48,24 @@ def save_checkpoint(out_dir: Path, step: int, model, tokenizer, image_processor,
     _replace_dir(tmp, ckpt)
     (Path(out_dir) / "latest").write_text(ckpt.name)
     return ckpt
+
+
+def export_model_dir(ckpt: Path, out: Path) -> None:
+    """A checkpoint's model files as a plain model directory (hard links where possible: no second
+    serialisation of the weights), written atomically."""
+    out = Path(out)
+    tmp = out.parent / f".tmp-{out.name}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(ckpt, tmp, ignore=shutil.ignore_patterns(STATE_FILE), copy_function=link_or_copy)
+    _replace_dir(tmp, out)
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:

@@ -7,6 +7,7 @@ resumed run, see exactly what one uninterrupted process would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -18,10 +19,11 @@ import torch
 from echocxr.errors import UserError
 from echocxr.training.checkpoint import (
     STATE_FILE,
+    checkpoint_dir,
+    export_model_dir,
     latest_checkpoint,
     prune_checkpoints,
     save_checkpoint,
-    save_model_dir,
 )
 from echocxr.training.config import TrainConfig
 
@@ -77,7 +79,7 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
     out_dir = Path(out_dir)
     acc = make_accelerator(cfg)
     world, rank = acc.num_processes, acc.process_index
-    if cfg.batch_size % (cfg.micro_batch_size * world) and cfg.batch_size % world:
+    if cfg.batch_size % world:
         raise UserError(f"batch_size {cfg.batch_size} does not split over {world} processes")
     per_rank = cfg.batch_size // world
     micro = min(cfg.micro_batch_size, per_rank)
@@ -135,7 +137,7 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
         total, agg = 0.0, {}
         for m in range(accum):
             chunk = mine[m * micro:(m + 1) * micro]
-            ctx = acc.no_sync(model) if m < accum - 1 else _null()
+            ctx = acc.no_sync(model) if m < accum - 1 else contextlib.nullcontext()
             with ctx:
                 loss, mets = objective(model, [train[i] for i in chunk], chunk, epoch)
                 acc.backward(loss / accum)  # a non-finite loss is caught below, before any update
@@ -170,7 +172,7 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
     bar.close()
     save(cfg.max_steps)
     if acc.is_main_process:
-        save_model_dir(out_dir / "final", acc.unwrap_model(model), tokenizer, image_processor, settings)
+        export_model_dir(checkpoint_dir(out_dir, cfg.max_steps), out_dir / "final")
     acc.wait_for_everyone()
     return last
 
@@ -192,11 +194,3 @@ def _logged_step(line: str) -> float:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return math.inf
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

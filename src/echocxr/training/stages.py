@@ -121,23 +121,25 @@ def run_stage(req: StageRequest) -> dict:
         from echocxr.decoding.engine import ReportEngine
         from echocxr.training.trajectories import load_or_collect
 
-        with state.main_process_first():  # rank 0 decodes and caches; the others load its cache
-            teacher = load_backbone(req.from_dir, dtype="float32", device=_device())
-            engine = ReportEngine(teacher)
-            trajs, st = load_or_collect(req.out.parent / "trajectories", str(req.from_dir), engine, train,
-                                        cfg.block_length, cfg.tau, cfg.trajectory_topk, cfg.max_response_tokens,
+        # Before training starts the student is the teacher (both are --from): decode with it, frozen by
+        # inference mode, instead of loading the same weights again. Rank 0 decodes and caches; the others
+        # load its cache.
+        model.to(_device()).eval()
+        engine = ReportEngine(bb)
+        cache = req.out.parent / "trajectories"
+        with state.main_process_first():
+            trajs, st = load_or_collect(cache, str(req.from_dir), engine, train, cfg.block_length, cfg.tau,
+                                        cfg.trajectory_topk, cfg.max_response_tokens,
                                         progress=req.progress and state.is_main_process)
-            del teacher, engine
+            vtrajs, _ = load_or_collect(cache, str(req.from_dir), engine, val, cfg.block_length, cfg.tau,
+                                        cfg.trajectory_topk, cfg.max_response_tokens, progress=False)
+        model.train()
+        del engine
         train = [e for e in train if e.sample_id in trajs]
         if len(train) < cfg.batch_size:
             raise UserError(f"the teacher finished only {st['kept']} of {st['kept'] + st['dropped_unfinished'] + st['dropped_loop']} "
                             f"training examples ({st['dropped_unfinished']} unfinished, {st['dropped_loop']} in repetition "
                             f"loops): too few for a batch of {cfg.batch_size}; train the teacher longer")
-        with state.main_process_first():
-            vtrajs, _ = load_or_collect(req.out.parent / "trajectories", str(req.from_dir),
-                                        ReportEngine(load_backbone(req.from_dir, dtype="float32", device=_device())),
-                                        val, cfg.block_length, cfg.tau, cfg.trajectory_topk, cfg.max_response_tokens,
-                                        progress=False)
         val = [e for e in val if e.sample_id in vtrajs]
         trajs.update(vtrajs)
         extra["trajectories"] = st
