@@ -32,9 +32,9 @@ import torch.nn.functional as F
 
 from echocxr.diffusion.losses import token_ce
 from echocxr.diffusion.noise import example_generator
-from echocxr.diffusion.sequences import SequenceBatch, build_diffusion_batch
+from echocxr.diffusion.sequences import SequenceBatch
 from echocxr.training.config import TrainConfig
-from echocxr.training.objectives import PromptPositions, TokenIds, slot_logits
+from echocxr.training.objectives import PromptPositions, TokenIds, TrajectoryObjective, slot_logits
 from echocxr.training.trajectories import Trajectory
 
 BASELINES = ("dparallel", "cd4lm", "d3llm", "t3d")
@@ -196,29 +196,7 @@ def curriculum_ratio(progress: float, start: float = 0.25, end: float = 1.0, ram
 # objectives
 # ----------------------------------------------------------------------------------------------------------
 
-class _TrajectoryObjective:
-    """Shared plumbing: pseudo-labels from the teacher trajectory, RAD batches, the model forward."""
-
-    def __init__(self, positions: PromptPositions, ids: TokenIds, is_vision: bool, cfg: TrainConfig,
-                 trajectories: Mapping[str, Trajectory]):
-        self.positions, self.ids, self.is_vision, self.cfg, self.traj = positions, ids, is_vision, cfg, trajectories
-
-    def trajectories(self, examples) -> list[Trajectory]:
-        return [self.traj[e.sample_id] for e in examples]
-
-    def batch(self, prompts: list, clean: list[list[int]], masks: list[list[bool]]) -> SequenceBatch:
-        noisy = [[self.ids.mask if m else t for t, m in zip(c, mk, strict=True)] for c, mk in zip(clean, masks, strict=True)]
-        return build_diffusion_batch(prompts, clean, noisy, self.cfg.block_length,
-                                     self.positions if self.is_vision else None, self.ids.pad, self.ids.mask,
-                                     layout=self.cfg.layout)
-
-    def logits(self, model, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logits, targets, noised) on the logits' device."""
-        lg = slot_logits(model, batch, self.is_vision)
-        return lg, batch.targets.to(lg.device), batch.noised.to(lg.device)
-
-
-class DParallelObjective(_TrajectoryObjective):
+class DParallelObjective(TrajectoryObjective):
     """Certainty-forcing distillation (dParallel): pseudo-label CE + entropy minimisation on correct slots.
 
     As in dParallel's training code, each example is seen under a random partial mask and its complement
@@ -254,7 +232,7 @@ class DParallelObjective(_TrajectoryObjective):
         return loss, metrics
 
 
-class CD4LMObjective(_TrajectoryObjective):
+class CD4LMObjective(TrajectoryObjective):
     """Discrete-space consistency distillation (CD4LM): the student under heavy masking matches its own
     (detached) prediction under a nested lighter masking of the same block, plus pseudo-label CE.
 
@@ -277,7 +255,7 @@ class CD4LMObjective(_TrajectoryObjective):
                                 low_mask.to(high_logits.device), self.cfg.cd4lm_lambda, self.cfg.cd4lm_temperature)
 
 
-class D3LLMObjective(_TrajectoryObjective):
+class D3LLMObjective(TrajectoryObjective):
     """Pseudo-trajectory distillation (d3LLM): pseudo-label CE on slots masked in the teacher's reverse commit
     order, with a mask ratio that grows with training progress (`curriculum_ratio`) up to fully masked blocks.
 
@@ -333,7 +311,7 @@ class D3LLMObjective(_TrajectoryObjective):
         return loss, {"ce": float(loss.detach()), "mask_ratio": ratio}
 
 
-class T3DObjective(_TrajectoryObjective):
+class T3DObjective(TrajectoryObjective):
     """Trajectory preference (T3D, DPO-style): on fully masked blocks, prefer the teacher's block (chosen) over
     the student's own greedy one-step block (rejected), relative to a frozen copy of the initial student.
 

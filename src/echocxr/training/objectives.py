@@ -6,7 +6,9 @@ global batch over ranks draws the same masks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +16,9 @@ from echocxr.diffusion.losses import ar_loss, dcd_loss, mdlm_loss
 from echocxr.diffusion.noise import example_generator, mask_blocks
 from echocxr.diffusion.sequences import SequenceBatch, build_ar_batch, build_diffusion_batch, pad_to_blocks
 from echocxr.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from echocxr.training.trajectories import Trajectory
 
 
 @dataclass
@@ -95,21 +100,39 @@ class RADObjective:
         return loss, {"masked_frac": float(batch.noised.float().sum() / (batch.targets >= 0).sum())}
 
 
-class DCDObjective:
-    """One-step alignment to the teacher's on-policy trajectory (ECHO-SPEC §4, phase 2)."""
+class TrajectoryObjective:
+    """Shared plumbing of DCD and the baselines: the teacher trajectory of each example, RAD batches with
+    some slots masked, the model forward."""
 
-    def __init__(self, positions: PromptPositions, ids: TokenIds, is_vision: bool, cfg: TrainConfig, trajectories):
+    def __init__(self, positions: PromptPositions, ids: TokenIds, is_vision: bool, cfg: TrainConfig,
+                 trajectories: Mapping[str, Trajectory]):
         self.positions, self.ids, self.is_vision, self.cfg, self.traj = positions, ids, is_vision, cfg, trajectories
 
+    def trajectories(self, examples) -> list[Trajectory]:
+        return [self.traj[e.sample_id] for e in examples]
+
+    def batch(self, prompts: list, clean: list[list[int]], masks: list[list[bool]]) -> SequenceBatch:
+        noisy = [[self.ids.mask if m else t for t, m in zip(c, mk, strict=True)] for c, mk in zip(clean, masks, strict=True)]
+        return build_diffusion_batch(prompts, clean, noisy, self.cfg.block_length,
+                                     self.positions if self.is_vision else None, self.ids.pad, self.ids.mask,
+                                     layout=self.cfg.layout)
+
+    def logits(self, model, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, targets, noised) on the logits' device."""
+        lg = slot_logits(model, batch, self.is_vision)
+        return lg, batch.targets.to(lg.device), batch.noised.to(lg.device)
+
+
+
+class DCDObjective(TrajectoryObjective):
+    """One-step alignment to the teacher's on-policy trajectory (ECHO-SPEC §4, phase 2)."""
+
     def __call__(self, model, examples, indices, epoch):
-        L = self.cfg.block_length
-        trajs = [self.traj[e.sample_id] for e in examples]
+        trajs = self.trajectories(examples)
         clean = [t.tokens for t in trajs]
-        noisy = [[self.ids.mask] * len(t.tokens) for t in trajs]
-        batch = build_diffusion_batch([e.prompt for e in examples], clean, noisy, L,
-                                      self.positions if self.is_vision else None, self.ids.pad, self.ids.mask)
-        logits = slot_logits(model, batch, self.is_vision)
-        B, R = batch.targets.shape
+        batch = self.batch([e.prompt for e in examples], clean, [[True] * len(c) for c in clean])
+        logits, targets, _ = self.logits(model, batch)
+        B, R = targets.shape
         K = max(t.index.shape[1] for t in trajs)
         dev = logits.device
         t_index = torch.zeros(B, R, K, dtype=torch.long, device=dev)
@@ -123,6 +146,6 @@ class DCDObjective:
             steps = t.steps.to(dev).float()
             weight[b, :n] = steps / steps.mean() if self.cfg.sw else 1.0
             valid[b, :n] = True
-        eos_mask = batch.targets.to(dev) == self.ids.eos
+        eos_mask = targets == self.ids.eos
         return dcd_loss(logits, t_index, t_probs, weight, valid, eos_mask, self.ids.eos,
                         eos_ce=self.cfg.eos_ce, reverse=self.cfg.rkl)
