@@ -73,13 +73,18 @@ def load_manifest(path: str | os.PathLike) -> list[Sample]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest not found: {path}")
+    return [Sample.from_record(rec, base_dir=path.parent) for rec in read_json_list(path, "manifest", "records")]
+
+
+def read_json_list(path: Path, what: str, items: str) -> list:
+    """A JSON file holding a list (manifests, official ECHO eval json); one-line errors name `what` it is."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read manifest {path}: {exc}") from None
+        raise UserError(f"cannot read {what} {path}: {exc}") from None
     if not isinstance(data, list):
-        raise UserError(f"manifest {path} must be a JSON list of records")
-    return [Sample.from_record(rec, base_dir=path.parent) for rec in data]
+        raise UserError(f"{what} {path} must be a JSON list of {items}")
+    return data
 
 
 def save_manifest(samples: list[Sample], path: str | os.PathLike, relative_to_manifest: bool = True) -> None:

@@ -10,13 +10,12 @@ A json file is one split already, so `split` is not accepted.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from echocxr.data.loaders.base import DatasetLoader, register_loader
-from echocxr.data.manifest import LANGUAGES, Sample
+from echocxr.data.manifest import LANGUAGES, Sample, read_json_list
 from echocxr.data.sections import clean_text, detect_language, split_report
 from echocxr.errors import UserError
 
@@ -39,12 +38,7 @@ class EchoJsonLoader(DatasetLoader):
 
     def iter_samples(self, root: Path, split: str | None) -> Iterator[Sample]:
         path = self._json_path(root)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"cannot read ECHO json {path}: {exc}") from None
-        if not isinstance(data, list):
-            raise UserError(f"ECHO json {path} must be a JSON list of samples")
+        data = read_json_list(path, "ECHO json", "samples")
         bases = [path.parent] + ([self.image_root] if self.image_root else []) + [Path.cwd()]
         for i, rec in enumerate(data):
             yield self._sample(rec, i, path, bases)
