@@ -2,13 +2,15 @@
 
 Environment hooks:
   ECHOCXR_TEST_DUMP_DIR: when training returns, every rank writes its in-memory weights to
-      DIR/rank<RANK>.pt (RANK from the launcher, 0 when alone), so DDP ranks can be compared.
+      DIR/rank<RANK>.pt (RANK from the launcher, 0 when alone), so DDP/FSDP ranks can be compared, and
+      DIR/rank<RANK>.json: the model's class and the number of parameter elements the rank holds.
   ECHOCXR_TEST_KILL_IN_SAVE=N: SIGKILL this process in the middle of writing checkpoint N (after the model
       files went to the `.tmp-` directory, before the trainer state and the rename): a real crash mid-save.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -29,7 +31,11 @@ def install_hooks() -> None:
             out = real_run(model, *a, **k)
             path = Path(dump) / f"rank{os.environ.get('RANK', '0')}.pt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({n: p.detach().cpu().clone() for n, p in model.state_dict().items()}, path)
+            # full_tensor: an FSDP rank holds only shards (a collective: every rank walks the same names)
+            local = sum((p.to_local() if hasattr(p, "to_local") else p).numel() for p in model.parameters())
+            path.with_suffix(".json").write_text(json.dumps({"class": type(model).__name__, "local_numel": local}))
+            torch.save({n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone()
+                        for n, p in model.state_dict().items()}, path)
             return out
 
         loop.run_training = run_training

@@ -18,14 +18,16 @@ from echocxr.backbones.settings import ModelSettings
 STATE_FILE = "trainer_state.pt"
 
 
-def save_model_dir(out: Path, model, tokenizer, image_processor, settings: ModelSettings) -> None:
-    """Write a loadable model directory (decoding engine and `from_pretrained` alike), atomically."""
+def save_model_dir(out: Path, model, tokenizer, image_processor, settings: ModelSettings,
+                   state_dict: dict | None = None) -> None:
+    """Write a loadable model directory (decoding engine and `from_pretrained` alike), atomically.
+    `state_dict`: the weights to write instead of the model's own (a sharded model's gathered full state)."""
     out = Path(out)
     tmp = out.parent / f".tmp-{out.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     if image_processor is not None:
         image_processor.save_pretrained(tmp)
@@ -38,12 +40,12 @@ def checkpoint_dir(out_dir: Path, step: int) -> Path:
 
 
 def save_checkpoint(out_dir: Path, step: int, model, tokenizer, image_processor, settings: ModelSettings,
-                    trainer_state: dict) -> Path:
+                    trainer_state: dict, state_dict: dict | None = None) -> Path:
     ckpt = checkpoint_dir(out_dir, step)
     tmp = ckpt.parent / f".tmp-{ckpt.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model_dir(tmp, model, tokenizer, image_processor, settings)
+    save_model_dir(tmp, model, tokenizer, image_processor, settings, state_dict)
     torch.save(trainer_state, tmp / STATE_FILE)
     _replace_dir(tmp, ckpt)
     (Path(out_dir) / "latest").write_text(ckpt.name)

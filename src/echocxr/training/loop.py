@@ -1,5 +1,5 @@
-"""The training loop shared by every stage: accelerate (CPU, one GPU, DDP/FSDP), accumulation, warmup +
-schedule, clipping, periodic eval, atomic checkpoints with exact resume, a metrics jsonl, NaN guard.
+"""The training loop shared by every stage: accelerate (CPU, one GPU, DDP), FSDP (training/sharding.py),
+accumulation, warmup + schedule, clipping, periodic eval, atomic checkpoints with exact resume, a metrics jsonl, NaN guard.
 
 Data order and noise are functions of (seed, epoch, example index), never of the process: N ranks, or a
 resumed run, see exactly what one uninterrupted process would.
@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,14 @@ from echocxr.training.checkpoint import (
     save_checkpoint,
 )
 from echocxr.training.config import TrainConfig
+from echocxr.training.sharding import (
+    full_model_state,
+    full_norm,
+    load_optimizer_state,
+    optimizer_state,
+    set_gradient_sync,
+    shard_model,
+)
 
 # objective(model, examples, indices, epoch) -> (loss, metrics)
 Objective = Callable[[torch.nn.Module, list, list[int], int], tuple[torch.Tensor, dict]]
@@ -57,14 +66,20 @@ def global_batch_indices(n: int, cfg: TrainConfig, step: int) -> tuple[list[int]
     return order[k * cfg.batch_size:(k + 1) * cfg.batch_size], epoch
 
 
+def wants_fsdp(cfg: TrainConfig) -> bool:
+    """FSDP from the config (`fsdp: true`, `--fsdp`) or from `accelerate launch --use_fsdp`."""
+    import os
+
+    return cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
 def make_accelerator(cfg: TrainConfig):
     import os
 
     from accelerate import Accelerator
 
-    if cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        # sharded checkpoints (full state dict gather, sharded optimizer state on resume) are not written yet
-        raise UserError("FSDP is not supported yet: train with DDP (torchrun / accelerate launch without --use_fsdp)")
+    # FSDP is ours (training/sharding.py): accelerate must not wrap the model a second time
+    os.environ.pop("ACCELERATE_USE_FSDP", None)
     mp = cfg.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
@@ -77,6 +92,7 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
+    fsdp = wants_fsdp(cfg)
     acc = make_accelerator(cfg)
     world, rank = acc.num_processes, acc.process_index
     if cfg.batch_size % world:
@@ -86,11 +102,11 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
     if per_rank % micro:
         raise UserError(f"per-process batch {per_rank} is not a multiple of micro_batch_size {micro}")
     accum = per_rank // micro
+    if fsdp and world == 1:
+        warnings.warn("FSDP with one process: nothing to shard, training unsharded", stacklevel=2)
+    sharded = fsdp and world > 1
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    start_step = 0
+    start_step, state = 0, None
     if resume:
         ckpt = latest_checkpoint(out_dir)
         if ckpt is not None:
@@ -99,14 +115,21 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
             model.load_state_dict(saved.state_dict(), strict=True)
             del saved
             state = torch.load(ckpt / STATE_FILE, weights_only=False)
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
             start_step = int(state["step"])
             if acc.is_main_process:
                 print(f"resuming from {ckpt.name} (step {start_step})", flush=True)
+    if sharded:
+        model = shard_model(model, acc.device, world, bf16=acc.mixed_precision == "bf16")
+    else:
+        model = acc.prepare(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # the scheduler stays unwrapped: accelerate's wrapper steps it once per process on every call, which under
     # DDP would run the warmup/decay `world` times too fast (one optimizer step here is one global batch)
-    model, opt = acc.prepare(model, opt)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    if state is not None:
+        load_optimizer_state(model, opt, state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
     if acc.is_main_process and metrics_path.exists():
@@ -118,11 +141,12 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
 
     def save(step: int) -> None:
         acc.wait_for_everyone()
+        weights = full_model_state(model) if sharded else None  # collectives: every rank takes part
+        opt_state = optimizer_state(model, opt)
         if acc.is_main_process:
-            unwrapped = acc.unwrap_model(model)
-            save_checkpoint(out_dir, step, unwrapped, tokenizer, image_processor, settings,
-                            {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "config": cfg.to_dict(), "stage": stage})
+            save_checkpoint(out_dir, step, acc.unwrap_model(model), tokenizer, image_processor, settings,
+                            {"step": step, "optimizer": opt_state, "scheduler": sched.state_dict(),
+                             "config": cfg.to_dict(), "stage": stage}, state_dict=weights)
             prune_checkpoints(out_dir)
         acc.wait_for_everyone()
 
@@ -137,16 +161,20 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
         total, agg = 0.0, {}
         for m in range(accum):
             chunk = mine[m * micro:(m + 1) * micro]
-            ctx = acc.no_sync(model) if m < accum - 1 else contextlib.nullcontext()
+            last_micro = m == accum - 1
+            if sharded:
+                set_gradient_sync(model, last_micro)
+            ctx = acc.no_sync(model) if not (last_micro or sharded) else contextlib.nullcontext()
             with ctx:
-                loss, mets = objective(model, [train[i] for i in chunk], chunk, epoch)
+                with acc.autocast():  # the sharded model is not wrapped by accelerate, which would autocast it
+                    loss, mets = objective(model, [train[i] for i in chunk], chunk, epoch)
                 acc.backward(loss / accum)  # a non-finite loss is caught below, before any update
             total += float(loss.detach()) / accum
             for k, v in mets.items():
                 agg[k] = agg.get(k, 0.0) + v / accum
         # the norm (after the gradient all-reduce, so every rank agrees) is needed even without clipping: a finite
         # loss can still have a NaN/inf gradient, and one update with it would poison the next checkpoint
-        gnorm = acc.clip_grad_norm_(params, cfg.clip if cfg.clip > 0 else math.inf)
+        gnorm = full_norm(acc.clip_grad_norm_(params, cfg.clip if cfg.clip > 0 else math.inf))
         loss_t = torch.tensor([total], device=acc.device)
         total = float(acc.reduce(loss_t, reduction="mean")) if world > 1 else total
         if not (math.isfinite(total) and bool(torch.isfinite(gnorm))):
@@ -183,7 +211,8 @@ def evaluate(model, objective: Objective, val: list, cfg: TrainConfig, acc) -> f
     losses = []
     for i in range(0, len(val), cfg.micro_batch_size):
         chunk = list(range(i, min(i + cfg.micro_batch_size, len(val))))
-        loss, _ = objective(model, [val[j] for j in chunk], [10_000_000 + j for j in chunk], 0)
+        with acc.autocast():
+            loss, _ = objective(model, [val[j] for j in chunk], [10_000_000 + j for j in chunk], 0)
         losses.append(float(loss) * len(chunk))
     model.train()
     return sum(losses) / max(1, len(val))
