@@ -68,6 +68,8 @@ def test_ar_loss_falls(ar_run):
     assert ls[-1] < 0.6 * ls[0], ls
     summary = json.loads((ar_run / "summary.json").read_text())
     assert summary["train_examples"] == 4 and summary["last"]["step"] == 25
+    assert list(summary["timings"]) == ["data_s", "load_s", "train_s"]  # where the stage's time went
+    assert all(v >= 0 for v in summary["timings"].values()) and summary["timings"]["train_s"] > 0
     from echocxr.backbones.loading import load_backbone
 
     bb = load_backbone(ar_run / "final")
@@ -127,7 +129,8 @@ def fake_teacher(monkeypatch):
     calls = []
 
     def load_or_collect(cache_dir, teacher_dir, engine, examples, block_length, tau, topk=0, max_new_tokens=512,
-                        progress=True):
+                        progress=True, rank=0, world=1, barrier=None):
+        assert (rank, world) == (0, 1)
         calls.append(dict(teacher_dir=teacher_dir, n=len(examples), block_length=block_length, tau=tau))
         V = engine.model.get_output_embeddings().weight.shape[0]
         trajs = reference_trajectories(examples, block_length, engine.bb.tokenizer.eos_token_id, V)
@@ -146,6 +149,7 @@ def test_dcd_loss_falls(tmp_path, rad_run, overfit_data, fake_teacher):
     assert [c["n"] for c in fake_teacher] == [4, 2]  # train, then val
     assert all(c["tau"] == 0.9 and c["block_length"] == 4 for c in fake_teacher)
     assert summary["trajectories"]["kept"] == 4
+    assert list(summary["timings"]) == ["data_s", "load_s", "trajectories_s", "train_s"]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "kl" in metrics[-1] and "eos_ce" in metrics[-1]
     from echocxr.backbones.loading import load_backbone

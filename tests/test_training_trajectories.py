@@ -8,6 +8,8 @@ unfinished decodes are dropped; the on-disk cache is reused.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -286,3 +288,44 @@ def engine_prompt(tok, instruction: str):
     from echocxr.backbones.prompt import encode_prompt
 
     return encode_prompt(tok, None, None, instruction=instruction)
+
+
+def test_ranks_decode_their_share_and_read_one_joined_cache_entry(teacher, tiny_vl_dir, tmp_path):
+    """Two ranks, played in this process: rank 1 decodes examples 1, 3, 5 and writes its part; at its second
+    barrier rank 0 runs (examples 0, 2, 4), joins both parts in example order and writes the cache entry that
+    both then read. The result equals one process decoding everything."""
+    engine, examples = teacher
+    one, s_one = load_or_collect(tmp_path / "one", str(tiny_vl_dir), engine, examples, L, 0.9,
+                                 max_new_tokens=MAX_NEW, progress=False)
+    decoded = []
+    real = engine.generate
+
+    def recording(prompts, *a, **k):
+        decoded.extend(id(p) for p in prompts)
+        return real(prompts, *a, **k)
+
+    args = (tmp_path / "two", str(tiny_vl_dir), engine, examples, L, 0.9)
+    results, barriers = {}, []
+
+    def rank1_barrier():
+        barriers.append(1)
+        if len(barriers) == 2:  # rank 1 has written its part: rank 0 runs up to the joined entry
+            results[0] = load_or_collect(*args, max_new_tokens=MAX_NEW, progress=False, rank=0, world=2)
+
+    engine.generate = recording
+    try:
+        results[1] = load_or_collect(*args, max_new_tokens=MAX_NEW, progress=False, rank=1, world=2,
+                                     barrier=rank1_barrier)
+    finally:
+        del engine.generate
+    assert len(barriers) == 3
+    assert sorted(decoded) == sorted(id(e.prompt) for e in examples)  # each example decoded once, by one rank
+    for trajs, stats in results.values():
+        assert list(trajs) == list(one)  # example order, as one process writes it
+        assert {k: v for k, v in stats.items() if k != "path"} == {k: v for k, v in s_one.items() if k != "path"}
+        for k in one:
+            assert trajs[k].tokens == one[k].tokens and torch.equal(trajs[k].steps, one[k].steps)
+            torch.testing.assert_close(trajs[k].probs, one[k].probs, atol=1e-3, rtol=0)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [Path(s_one["path"]).name]  # parts removed
+    again, s_again = load_or_collect(*args, max_new_tokens=MAX_NEW, progress=False, rank=1, world=2)
+    assert s_again["cached"] is True and list(again) == list(one)

@@ -91,10 +91,12 @@ def run_stage(req: StageRequest) -> dict:
     from echocxr.backbones.loading import load_backbone
 
     cfg, stage = req.cfg, req.stage
+    clock = _Clock()
     torch.manual_seed(cfg.seed)
     state = PartialState(cpu=not torch.cuda.is_available())  # must match the Accelerator made in loop.py
     with state.main_process_first():  # rank 0 renders the phantom set once; the others then read it
         data = ensure_data(req)
+    clock.lap("data_s")
     train_samples = read_split(data, "train", req.languages)
     val_samples = read_split(data, "val", req.languages)
     if req.from_dir is None:
@@ -109,6 +111,7 @@ def run_stage(req: StageRequest) -> dict:
         model.model.visual.requires_grad_(False)
     train, tstats = build_examples(train_samples, tok, ip, cfg.max_response_tokens)
     val, _ = build_examples(val_samples, tok, ip, cfg.max_response_tokens)
+    clock.lap("load_s")
     positions = PromptPositions(model, bb.is_vision)
     ids = TokenIds(pad=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
                    mask=bb.mask_token_id, eos=tok.eos_token_id)
@@ -122,17 +125,17 @@ def run_stage(req: StageRequest) -> dict:
         from echocxr.training.trajectories import load_or_collect
 
         # Before training starts the student is the teacher (both are --from): decode with it, frozen by
-        # inference mode, instead of loading the same weights again. Rank 0 decodes and caches; the others
-        # load its cache.
+        # inference mode, instead of loading the same weights again. Each rank decodes its share of the
+        # examples; all read the joined cache entry.
         model.to(_device()).eval()
         engine = ReportEngine(bb)
         cache = req.out.parent / "trajectories"
-        with state.main_process_first():
-            trajs, st = load_or_collect(cache, str(req.from_dir), engine, train, cfg.block_length, cfg.tau,
-                                        cfg.trajectory_topk, cfg.max_response_tokens,
-                                        progress=req.progress and state.is_main_process)
-            vtrajs, _ = load_or_collect(cache, str(req.from_dir), engine, val, cfg.block_length, cfg.tau,
-                                        cfg.trajectory_topk, cfg.max_response_tokens, progress=False)
+        shard = dict(rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone)
+        trajs, st = load_or_collect(cache, str(req.from_dir), engine, train, cfg.block_length, cfg.tau,
+                                    cfg.trajectory_topk, cfg.max_response_tokens,
+                                    progress=req.progress and state.is_main_process, **shard)
+        vtrajs, _ = load_or_collect(cache, str(req.from_dir), engine, val, cfg.block_length, cfg.tau,
+                                    cfg.trajectory_topk, cfg.max_response_tokens, progress=False, **shard)
         model.train()
         del engine
         train = [e for e in train if e.sample_id in trajs]
@@ -143,6 +146,7 @@ def run_stage(req: StageRequest) -> dict:
         val = [e for e in val if e.sample_id in vtrajs]
         trajs.update(vtrajs)
         extra["trajectories"] = st
+        clock.lap("trajectories_s")
         if stage == "dcd":
             objective = DCDObjective(positions, ids, bb.is_vision, cfg, trajs)
         else:
@@ -158,10 +162,27 @@ def run_stage(req: StageRequest) -> dict:
 
     last = run_training(model, objective, train, val, cfg, req.out, tok, ip, stage_settings(stage, cfg),
                         resume=req.resume, stage=stage, progress=req.progress)
-    summary = {"stage": stage, "out": str(req.out), "final_model": str(req.out / "final"), **extra, "last": last}
+    clock.lap("train_s")
+    summary = {"stage": stage, "out": str(req.out), "final_model": str(req.out / "final"), **extra, "last": last,
+               "timings": clock.laps}
     if state.is_main_process:
         (req.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+class _Clock:
+    """Wall seconds of each part of a stage (summary.json's `timings`: where a stage's time goes)."""
+
+    def __init__(self):
+        import time
+
+        self._now, self.laps = time.perf_counter, {}
+        self._last = self._now()
+
+    def lap(self, name: str) -> None:
+        now = self._now()
+        self.laps[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def _device() -> str:

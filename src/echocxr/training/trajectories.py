@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,19 +116,49 @@ def trajectory_key(teacher_dir: str, examples: list, block_length: int, tau: flo
 
 
 def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, examples: list, block_length: int,
-                    tau: float, topk: int = 0, max_new_tokens: int = 512, progress: bool = True):
-    """Reuse `cache_dir/<key>.pt` when teacher, data and settings match; else collect and write it atomically."""
+                    tau: float, topk: int = 0, max_new_tokens: int = 512, progress: bool = True,
+                    rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None):
+    """Reuse `cache_dir/<key>.pt` when teacher, data and settings match; else collect and write it atomically.
+
+    With `world` processes (every rank calls this, `barrier` synchronises them) each rank decodes every
+    world-th example and writes its part; rank 0 joins the parts into the one cache entry in example order,
+    which all ranks then read. No rank idles while another decodes the whole set (which could also outlast
+    a collective's timeout)."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = trajectory_key(teacher_dir, examples, block_length, tau, topk, max_new_tokens)
     path = cache_dir / f"trajectories-{key}.pt"
+    if world > 1:
+        barrier()  # every rank has looked for the cache entry before anyone writes it
     if path.is_file():
         data = torch.load(path, weights_only=False)
         return data["trajectories"], {**data["stats"], "cached": True, "path": str(path)}
-    trajs, stats = collect_trajectories(engine, examples, block_length, tau, topk, max_new_tokens=max_new_tokens,
+    mine = examples[rank::world]
+    trajs, stats = collect_trajectories(engine, mine, block_length, tau, topk, max_new_tokens=max_new_tokens,
                                         progress=progress)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # per process: DDP ranks may collect the same entry at once
-    torch.save({"trajectories": trajs, "stats": stats, "teacher": str(teacher_dir), "tau": tau,
-                "block_length": block_length}, tmp)
+    entry = {"teacher": str(teacher_dir), "tau": tau, "block_length": block_length}
+    if world == 1:
+        _save_atomic({"trajectories": trajs, "stats": stats, **entry}, path)
+        return trajs, {**stats, "cached": False, "path": str(path)}
+    parts = [cache_dir / f"trajectories-{key}.part{r}of{world}.pt" for r in range(world)]
+    _save_atomic({"trajectories": trajs, "stats": stats}, parts[rank])
+    barrier()
+    if rank == 0:
+        loaded = [torch.load(p, weights_only=False) for p in parts]
+        joined = {**loaded[0]["trajectories"]}
+        for part in loaded[1:]:
+            joined.update(part["trajectories"])
+        trajs = {e.sample_id: joined[e.sample_id] for e in examples if e.sample_id in joined}
+        stats = {k: sum(part["stats"][k] for part in loaded) for k in stats}
+        _save_atomic({"trajectories": trajs, "stats": stats, **entry}, path)
+        for p in parts:
+            p.unlink()
+    barrier()
+    data = torch.load(path, weights_only=False)
+    return data["trajectories"], {**data["stats"], "cached": False, "path": str(path)}
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(obj, tmp)
     tmp.replace(path)
-    return trajs, {**stats, "cached": False, "path": str(path)}
