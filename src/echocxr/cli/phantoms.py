@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frontal or frontal,lateral (default frontal)")
     parser.add_argument("--splits", type=_splits, default=(0.8, 0.1, 0.1),
                         help="train,val,test fractions (default 0.8,0.1,0.1)")
+    parser.add_argument("--workers", type=int, help="rendering processes (default: one per CPU, at most 16)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--n must be at least 1, got {args.n}")
     start = time.perf_counter()
     summary = write_phantom_set(args.out, n=args.n, seed=args.seed, image_size=args.image_size,
-                                views=args.views, splits=args.splits, progress=not args.quiet)
+                                views=args.views, splits=args.splits, progress=not args.quiet,
+                                workers=args.workers)
     seconds = time.perf_counter() - start
     sizes = summary["split_sizes"]
     print(json.dumps({"out": str(args.out), "n": args.n, "split_sizes": sizes,

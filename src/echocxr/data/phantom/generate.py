@@ -13,6 +13,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,17 +66,22 @@ def sample_id(seed: int, index: int) -> str:
 
 def write_phantom_set(out: str | os.PathLike, n: int, seed: int = 0, image_size: int = 256,
                       views: Sequence[str] = ("frontal",), splits: Sequence[float] = (0.8, 0.1, 0.1),
-                      progress: bool = True) -> dict:
-    """Render `n` studies into `out` and write the manifests; returns the summary also saved as phantom.json."""
-    from PIL import Image
+                      progress: bool = True, workers: int | None = None) -> dict:
+    """Render `n` studies into `out` and write the manifests; returns the summary also saved as phantom.json.
+
+    `workers` processes render in parallel (default: one per CPU, at most 16); every study depends on
+    (seed, index) alone, so the files are the same bytes whatever the number of workers."""
     from tqdm import tqdm
 
-    from echocxr.data.phantom.render import VIEWS, render_case
+    from echocxr.data.phantom.render import VIEWS
 
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
     if not 32 <= image_size <= 4096:
         raise UserError(f"--image-size must be between 32 and 4096, got {image_size}")
+    workers = min(os.cpu_count() or 1, 16) if workers is None else workers
+    if workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
     views = tuple(views)
     bad = [v for v in views if v not in VIEWS]
     if bad or not views or len(set(views)) != len(views):
@@ -97,20 +103,16 @@ def write_phantom_set(out: str | os.PathLike, n: int, seed: int = 0, image_size:
         start += sizes[s]
     split_of = {i: s for s, lo, hi in bounds for i in range(lo, hi)}
 
-    for index in tqdm(range(n), desc="phantoms", unit="study", disable=not progress):
-        case = sample_case(seed, index)
-        sid = sample_id(seed, index)
-        paths = []
-        for view, arr in zip(views, render_case(case, image_size, views), strict=True):
-            path = img_dir / f"{sid}_{view}.png"
-            Image.fromarray(arr, mode="L").save(path, format="PNG", compress_level=3)
-            paths.append(str(path))
-        split = split_of[index]
-        counts[split].update(case.labels)
-        normal[split] += case.is_normal
-        for lang in LANGUAGES:
-            for var in VARIANTS:
-                f, i = write_report(case, lang, var)
+    job = _StudyJob(seed, image_size, views, str(img_dir))
+    with _study_map(workers if n >= 64 else 1) as map_fn:
+        studies = map_fn(job, range(n))
+        for index, (case, paths, reports) in enumerate(tqdm(studies, total=n, desc="phantoms", unit="study",
+                                                             disable=not progress)):
+            sid = sample_id(seed, index)
+            split = split_of[index]
+            counts[split].update(case.labels)
+            normal[split] += case.is_normal
+            for (lang, var), (f, i) in reports.items():
                 manifests[(split, lang, var)].append(Sample(sid, paths, f, i, case.labels, lang))
 
     for (split, lang, var), samples in manifests.items():
@@ -131,3 +133,43 @@ def write_phantom_set(out: str | os.PathLike, n: int, seed: int = 0, image_size:
     }
     atomic_write_text(out / "phantom.json", json.dumps(summary, ensure_ascii=False, indent=1))
     return summary
+
+
+@dataclass(frozen=True)
+class _StudyJob:
+    """Render and report one study (a picklable callable for the worker processes)."""
+
+    seed: int
+    image_size: int
+    views: tuple[str, ...]
+    img_dir: str
+
+    def __call__(self, index: int) -> tuple[PhantomCase, list[str], dict[tuple[str, str], tuple[str, str]]]:
+        from PIL import Image
+
+        from echocxr.data.phantom.render import render_case
+
+        case = sample_case(self.seed, index)
+        sid = sample_id(self.seed, index)
+        paths = []
+        for view, arr in zip(self.views, render_case(case, self.image_size, self.views), strict=True):
+            path = Path(self.img_dir) / f"{sid}_{view}.png"
+            Image.fromarray(arr, mode="L").save(path, format="PNG", compress_level=3)
+            paths.append(str(path))
+        reports = {(lang, var): write_report(case, lang, var) for lang in LANGUAGES for var in VARIANTS}
+        return case, paths, reports
+
+
+@contextmanager
+def _study_map(workers: int):
+    """An order-keeping map over studies: in this process, or over `workers` forked processes (the work is
+    numpy and PIL only, safe to fork)."""
+    if workers == 1:
+        yield map
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
+        yield lambda fn, items: pool.map(fn, items, chunksize=32)
