@@ -79,7 +79,7 @@ def write_phantom_set(out: str | os.PathLike, n: int, seed: int = 0, image_size:
         raise UserError(f"--n must be at least 1, got {n}")
     if not 32 <= image_size <= 4096:
         raise UserError(f"--image-size must be between 32 and 4096, got {image_size}")
-    workers = min(os.cpu_count() or 1, 16) if workers is None else workers
+    workers = min(_usable_cpus(), 16) if workers is None else workers
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
     views = tuple(views)
@@ -173,3 +173,11 @@ def _study_map(workers: int):
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
         yield lambda fn, items: pool.map(fn, items, chunksize=32)
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
