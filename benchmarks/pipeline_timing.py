@@ -7,7 +7,10 @@
 
 Each stage's summary.json splits its time into data (phantom rendering, in the first stage), loading
 (model, tokenisation, image preprocessing), teacher trajectories (dcd) and training. `--budget-s` records
-whether every stage finished within that many seconds. Runs from a checkout without installing (src/ is put
+whether every stage finished within that many seconds. With fewer steps than the recipe's
+(`--train-arg=--max-steps --train-arg=300`), each stage also gets `projected_wall_s`: its measured fixed
+costs plus the measured seconds per step times the recipe's steps (a projection, marked as one), and the
+budget is checked against that. Runs from a checkout without installing (src/ is put
 on PYTHONPATH), so it also runs on a machine with its own torch.
 """
 
@@ -50,10 +53,22 @@ def run_stage(stage: str, recipe: str, run: Path, prev: Path | None, extra: list
     last = s.get("last", {})
     steps = int(last.get("step", 0))
     train_s = s.get("timings", {}).get("train_s")
-    return {"wall_s": round(wall, 1), "timings": s.get("timings", {}), "steps": steps,
+    out = {"wall_s": round(wall, 1), "timings": s.get("timings", {}), "steps": steps,
             "train_s_per_step": round(train_s / steps, 4) if train_s and steps else None,
             "train_examples": s.get("train_examples"), "loss": last.get("loss"), "eval_loss": last.get("eval_loss"),
             **({"trajectories": s["trajectories"]} if "trajectories" in s else {})}
+    full = recipe_steps(stage, recipe)
+    if train_s and steps and full > steps:  # a shortened run (--train-arg=--max-steps ...): project the full one
+        out["recipe_steps"] = full
+        out["projected_wall_s"] = round(wall + train_s / steps * (full - steps), 1)
+    return out
+
+
+def recipe_steps(stage: str, recipe: str) -> int:
+    sys.path.insert(0, str(ROOT / "src"))
+    from echocxr.training.config import load_config
+
+    return load_config(stage, recipe).max_steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     result["total_s"] = round(sum(v["wall_s"] for v in result["stages"].values()), 1)
     if args.budget_s:
         result["budget_s"] = args.budget_s
-        result["within_budget"] = all(v["wall_s"] <= args.budget_s for v in result["stages"].values())
+        result["within_budget"] = all(v.get("projected_wall_s", v["wall_s"]) <= args.budget_s
+                                      for v in result["stages"].values())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
