@@ -141,21 +141,22 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
         _save_atomic({"trajectories": trajs, "stats": stats, **entry}, path)
         return trajs, {**stats, "cached": False, "path": str(path)}
     parts = [cache_dir / f"trajectories-{key}.part{r}of{world}.pt" for r in range(world)]
-    _save_atomic({"trajectories": trajs, "stats": stats}, parts[rank])
+    if rank != 0:
+        _save_atomic({"trajectories": trajs, "stats": stats}, parts[rank])
     barrier()
-    if rank == 0:
-        loaded = [torch.load(p, weights_only=False) for p in parts]
-        joined = {**loaded[0]["trajectories"]}
-        for part in loaded[1:]:
-            joined.update(part["trajectories"])
+    if rank == 0:  # its own part is in memory: it reads the others' only, and keeps the joined entry
+        shares = [{"trajectories": trajs, "stats": stats}] + [torch.load(p, weights_only=False) for p in parts[1:]]
+        joined = {k: v for share in shares for k, v in share["trajectories"].items()}
         trajs = {e.sample_id: joined[e.sample_id] for e in examples if e.sample_id in joined}
-        stats = {k: sum(part["stats"][k] for part in loaded) for k in stats}
+        stats = {k: sum(share["stats"][k] for share in shares) for k in stats}
         _save_atomic({"trajectories": trajs, "stats": stats, **entry}, path)
-        for p in parts:
+        for p in parts[1:]:
             p.unlink()
     barrier()
-    data = torch.load(path, weights_only=False)
-    return data["trajectories"], {**data["stats"], "cached": False, "path": str(path)}
+    if rank != 0:
+        data = torch.load(path, weights_only=False)
+        trajs, stats = data["trajectories"], data["stats"]
+    return trajs, {**stats, "cached": False, "path": str(path)}
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
