@@ -7,7 +7,7 @@ from pathlib import Path
 
 from echocxr.errors import UserError
 
-STAGES = ("ar", "rad", "dcd", "dparallel", "cd4lm", "d3llm", "t3d")
+STAGES = ("vision", "ar", "rad", "dcd", "dparallel", "cd4lm", "d3llm", "t3d")
 
 
 @dataclass
@@ -30,6 +30,7 @@ class TrainConfig:
     fsdp: bool = False
     # data
     max_response_tokens: int = 512
+    max_examples: int = 0  # per language: the first N training studies only (0 = all); DCD's teacher decodes each
     freeze_vision: bool = True  # paper: vision encoder and projector frozen after AR
     # diffusion
     block_length: int = 4
@@ -47,8 +48,9 @@ class TrainConfig:
     cd4lm_lambda: float = 0.7
     cd4lm_temperature: float = 2.0
     dpo_beta: float = 0.1  # T3D
-    # tiny model built when an AR run has no --from (recipes)
+    # tiny model built when a vision/AR run has no --from (recipes)
     tiny_model: dict = field(default_factory=dict)
+    image_size: int = 0  # square side the tiny model's images are resized to (0: 112); phantoms render at it
     phantoms: dict = field(default_factory=dict)  # phantom set made when --data is absent
 
     def validate(self) -> TrainConfig:
@@ -88,6 +90,19 @@ RECIPES: dict[str, dict[str, dict]] = {
         "rad": dict(max_steps=1200, lr=1e-3),
         "dcd": dict(max_steps=600, lr=5e-4),
     },
+    # the built-in model (scripts/train_builtin_model.sh): CPU, bilingual, block length 8. The vision stage
+    # teaches the tower the finding labels first (benchmarks/results/builtin_model/STUDY.md); 112 px images
+    # (16 vision tokens) rendered at 224 px; 9,600 studies so the tower does not overfit, 240 test per language
+    "phantom-builtin": {
+        "*": dict(batch_size=16, micro_batch_size=16, lr=2e-3, warmup_steps=50, log_every=20, eval_every=500,
+                  save_every=250, eval_examples=32, mixed_precision="no", block_length=8, image_size=112,
+                  tiny_model=dict(hidden=128, layers=4, heads=4, vision_hidden=96, vision_depth=2, vocab_size=1536),
+                  phantoms=dict(n=9600, seed=0, image_size=224, splits=(0.95, 0.025, 0.025))),
+        "vision": dict(max_steps=1700, batch_size=32, micro_batch_size=32, warmup_steps=100),
+        "ar": dict(max_steps=3000, freeze_vision=True),
+        "rad": dict(max_steps=2000, lr=1e-3),
+        "dcd": dict(max_steps=800, lr=5e-4, max_examples=1500),
+    },
     # one GPU, each stage within 20 minutes on an H100
     "phantom-small": {
         "*": dict(batch_size=32, micro_batch_size=32, lr=5e-4, warmup_steps=100, eval_every=500, save_every=500,
@@ -115,7 +130,7 @@ def load_config(stage: str, name_or_file: str | None, **overrides) -> TrainConfi
         if name_or_file in RECIPES:
             recipe = RECIPES[name_or_file]
             values.update(recipe.get("*", {}))
-            values.update(recipe.get(stage, recipe.get("dcd", {}) if stage not in ("ar", "rad") else {}))
+            values.update(recipe.get(stage, recipe.get("dcd", {}) if stage not in ("vision", "ar", "rad") else {}))
         elif Path(name_or_file).is_file():
             values.update(_read_yaml(Path(name_or_file), stage))
         else:

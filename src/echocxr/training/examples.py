@@ -20,6 +20,7 @@ class TrainExample:
     response_ids: list[int]  # report tokens followed by one <eos>
     sample_id: str = ""
     language: str = "en"
+    labels: tuple[str, ...] = ()  # finding labels of the study (vision pretraining)
 
 
 @dataclass
@@ -59,7 +60,8 @@ def build_examples(samples: list[Sample], tokenizer, image_processor, max_respon
         if len(ids) > max_response_tokens:
             stats.skip("response too long")
             continue
-        out.append(TrainExample(prompt=prompt, response_ids=ids, sample_id=s.sample_id, language=s.language))
+        out.append(TrainExample(prompt=prompt, response_ids=ids, sample_id=s.sample_id, language=s.language,
+                                labels=tuple(s.labels or ())))
         stats.kept += 1
     if stats.skipped:
         detail = ", ".join(f"{v} {k}" for k, v in sorted(stats.skipped.items()))

@@ -88,7 +88,10 @@ def make_accelerator(cfg: TrainConfig):
 
 def run_training(model: torch.nn.Module, objective: Objective, train: list, val: list, cfg: TrainConfig,
                  out_dir: Path, tokenizer, image_processor, settings, resume: bool = False,
-                 stage: str = "", progress: bool = True) -> dict:
+                 stage: str = "", progress: bool = True, aux: torch.nn.Module | None = None) -> dict:
+    """`aux`: a training-only module the objective uses (e.g. the vision stage's label head). It is optimised
+    beside the model with the same schedule, saved in the trainer state (never in the model directory) and
+    restored on resume."""
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
@@ -127,9 +130,19 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
     # the scheduler stays unwrapped: accelerate's wrapper steps it once per process on every call, which under
     # DDP would run the warmup/decay `world` times too fast (one optimizer step here is one global batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    aux_opt = aux_sched = None
+    if aux is not None:
+        aux_opt = torch.optim.AdamW(aux.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        aux_sched = torch.optim.lr_scheduler.LambdaLR(aux_opt, lr_lambda(cfg))
     if state is not None:
         load_optimizer_state(model, opt, state["optimizer"])
         sched.load_state_dict(state["scheduler"])
+        if aux is not None:
+            if "aux" not in state:
+                raise UserError("the checkpoint has no auxiliary-module state to resume this stage from")
+            aux.load_state_dict(state["aux"]["module"])
+            aux_opt.load_state_dict(state["aux"]["optimizer"])
+            aux_sched.load_state_dict(state["aux"]["scheduler"])
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / "metrics.jsonl"
     if acc.is_main_process and metrics_path.exists():
@@ -144,9 +157,13 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
         weights = full_model_state(model) if sharded else None  # collectives: every rank takes part
         opt_state = optimizer_state(model, opt)
         if acc.is_main_process:
+            trainer_state = {"step": step, "optimizer": opt_state, "scheduler": sched.state_dict(),
+                             "config": cfg.to_dict(), "stage": stage}
+            if aux is not None:
+                trainer_state["aux"] = {"module": aux.state_dict(), "optimizer": aux_opt.state_dict(),
+                                        "scheduler": aux_sched.state_dict()}
             save_checkpoint(out_dir, step, acc.unwrap_model(model), tokenizer, image_processor, settings,
-                            {"step": step, "optimizer": opt_state, "scheduler": sched.state_dict(),
-                             "config": cfg.to_dict(), "stage": stage}, state_dict=weights)
+                            trainer_state, state_dict=weights)
             prune_checkpoints(out_dir)
         acc.wait_for_everyone()
 
@@ -156,6 +173,8 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
     t0 = time.perf_counter()
     for step in range(start_step, cfg.max_steps):
         model.train()
+        if aux is not None:
+            aux.train()
         idx, epoch = global_batch_indices(len(train), cfg, step)
         mine = idx[rank * per_rank:(rank + 1) * per_rank]
         total, agg = 0.0, {}
@@ -185,6 +204,11 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        if aux is not None:
+            torch.nn.utils.clip_grad_norm_(aux.parameters(), cfg.clip if cfg.clip > 0 else math.inf)
+            aux_opt.step()
+            aux_sched.step()
+            aux_opt.zero_grad(set_to_none=True)
         last = {"step": step + 1, "loss": total, "lr": sched.get_last_lr()[0], "grad_norm": float(gnorm), "epoch": epoch,
                 "elapsed_s": time.perf_counter() - t0, **agg}
         bar.update(1)

@@ -33,13 +33,14 @@ def ensure_data(req: StageRequest) -> Path:
         if not Path(req.data_dir).is_dir():
             raise UserError(f"data directory not found: {req.data_dir}")
         return Path(req.data_dir)
-    spec = dict(n=256, seed=0, image_size=128) | (req.cfg.phantoms or {})
+    spec = dict(n=256, seed=0, image_size=req.cfg.image_size or 128) | (req.cfg.phantoms or {})
     data = req.out.parent / f"phantoms-n{spec['n']}-s{spec['seed']}-{spec['image_size']}px"
     if not (data / "train_en.json").is_file():
         from echocxr.data.phantom.generate import write_phantom_set
 
+        splits = tuple(spec.get("splits", (0.8, 0.1, 0.1)))
         write_phantom_set(data, n=int(spec["n"]), seed=int(spec["seed"]), image_size=int(spec["image_size"]),
-                          progress=req.progress)
+                          splits=splits, progress=req.progress)
     return data
 
 
@@ -70,14 +71,15 @@ def new_tiny_backbone(cfg: TrainConfig, samples):
     texts = [s.reference() for s in samples] + list(PROMPTS.values())
     tok = train_bpe_tokenizer(texts * 2, vocab_size=vocab)
     model = build_tiny_model("qwen2_5_vl", tok, seed=cfg.seed, **sizes)
-    ip = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=TINY_IMAGE_MAX_PIXELS)
+    side = int(cfg.image_size or 0)
+    ip = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=side * side if side else TINY_IMAGE_MAX_PIXELS)
     return Backbone(model=model, tokenizer=tok, image_processor=ip, mask_token_id=tok.mask_token_id,
                     eos_token_ids=eos_token_ids(model, tok))
 
 
 def stage_settings(stage: str, cfg: TrainConfig) -> ModelSettings:
-    if stage == "ar":
-        return ModelSettings(block_length=1, prefill="response_aligned", decoder="ar", steps=1, stage="ar")
+    if stage in ("vision", "ar"):
+        return ModelSettings(block_length=1, prefill="response_aligned", decoder="ar", steps=1, stage=stage)
     if stage == "rad":
         return ModelSettings(block_length=cfg.block_length, prefill="response_aligned", decoder="multistep",
                              steps=cfg.block_length, threshold=cfg.tau, stage="rad")
@@ -98,16 +100,21 @@ def run_stage(req: StageRequest) -> dict:
         data = ensure_data(req)
     clock.lap("data_s")
     train_samples = read_split(data, "train", req.languages)
+    if cfg.max_examples:
+        train_samples = _first_per_language(train_samples, cfg.max_examples)
     val_samples = read_split(data, "val", req.languages)
     if req.from_dir is None:
-        if stage != "ar":
+        if stage not in ("vision", "ar"):
             raise UserError(f"stage {stage} needs --from (the {'AR' if stage == 'rad' else 'Base'} model directory)")
         bb = new_tiny_backbone(cfg, train_samples)
     else:
         bb = load_backbone(req.from_dir, dtype="float32")
     model, tok, ip = bb.model, bb.tokenizer, bb.image_processor
     model.train()
-    if cfg.freeze_vision and bb.is_vision:
+    if stage == "vision":
+        if not bb.is_vision:
+            raise UserError("stage vision needs a vision-language model")
+    elif cfg.freeze_vision and bb.is_vision:
         model.model.visual.requires_grad_(False)
     train, tstats = build_examples(train_samples, tok, ip, cfg.max_response_tokens)
     val, _ = build_examples(val_samples, tok, ip, cfg.max_response_tokens)
@@ -116,7 +123,18 @@ def run_stage(req: StageRequest) -> dict:
     ids = TokenIds(pad=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
                    mask=bb.mask_token_id, eos=tok.eos_token_id)
     extra: dict = {"data": str(data), "train_examples": len(train), "skipped": tstats.skipped}
-    if stage == "ar":
+    aux = None
+    if stage == "vision":
+        from echocxr.training.vision import LabelHead, VisionLabelObjective, tokens_per_image
+
+        train, val = _one_per_study(train), _one_per_study(val)  # the languages share the images
+        labels = tuple(sorted({lab for e in train for lab in e.labels}))
+        if not labels or not train:
+            raise UserError("stage vision needs training samples with finding labels (manifest `labels`)")
+        aux = LabelHead(tokens_per_image(train[0]), model.config.text_config.hidden_size, labels)
+        objective = VisionLabelObjective(aux)
+        extra["train_examples"], extra["labels"] = len(train), len(labels)
+    elif stage == "ar":
         objective = ARObjective(positions, ids, bb.is_vision)
     elif stage == "rad":
         objective = RADObjective(positions, ids, bb.is_vision, cfg)
@@ -161,13 +179,38 @@ def run_stage(req: StageRequest) -> dict:
     from echocxr.training.loop import run_training
 
     last = run_training(model, objective, train, val, cfg, req.out, tok, ip, stage_settings(stage, cfg),
-                        resume=req.resume, stage=stage, progress=req.progress)
+                        resume=req.resume, stage=stage, progress=req.progress, aux=aux)
     clock.lap("train_s")
+    if stage == "vision" and state.is_main_process:
+        from echocxr.training.vision import label_scores
+
+        model.eval()
+        extra["val_labels"] = label_scores(model, aux, val)
     summary = {"stage": stage, "out": str(req.out), "final_model": str(req.out / "final"), **extra, "last": last,
                "timings": clock.laps}
     if state.is_main_process:
         (req.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def _first_per_language(samples: list, n: int) -> list:
+    seen: dict[str, int] = {}
+    out = []
+    for s in samples:
+        seen[s.language] = seen.get(s.language, 0) + 1
+        if seen[s.language] <= n:
+            out.append(s)
+    return out
+
+
+def _one_per_study(examples: list) -> list:
+    seen: set[str] = set()
+    out = []
+    for e in examples:
+        if e.sample_id not in seen:
+            seen.add(e.sample_id)
+            out.append(e)
+    return out
 
 
 class _Clock:
