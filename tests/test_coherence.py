@@ -242,6 +242,22 @@ def test_a_known_report_in_detail():
     assert not raw.valid and "raw_rest" in [str(s) for s in raw.missing] and len(raw.unexpected) == 7
 
 
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_text_before_the_first_header_is_out_of_place(language):
+    r = next(r for r in phantom_reports(4, 5, languages=(language,), variants=("normalised",)))
+    sentences, imp = _findings_sentences(r.reference, language)
+    moved = f"{sentences[0]} {HEADER[language]} " + ("" if language == "zh" else " ").join(sentences[1:])
+    rc = report_coherence(f"{moved} {IMP_HEADER[language]}{imp}", language, "normalised")
+    assert rc.read.headers == (FINDINGS, IMPRESSION) and rc.read.sentences[0].section is None
+    assert rc.read.sentences[0].statement is not None  # read as findings, but outside any section
+    n = len(read_report(r.reference, language).sentences)
+    assert (rc.n_valid_sentences, rc.n_sentences, rc.in_order, rc.valid) == (n - 1, n, False, False)
+    assert (rc.repeated, rc.missing, rc.unexpected) == (0, [], [])
+    headerless = report_coherence(r.reference.replace(HEADER[language], "").replace(IMP_HEADER[language], ""),
+                                  language, "normalised")
+    assert headerless.n_valid_sentences == 0 and not headerless.in_order
+
+
 def test_zh_impression_items_and_end_marks():
     case = PhantomCase(0, 0, (Finding("cardiomegaly"), Finding("edema")))
     findings, imp = write_report(case, "zh", "raw")
