@@ -79,7 +79,11 @@ def report_coherence(text: str, language: str, variant: str) -> ReportCoherence:
     """Read `text` as a CXR-Phantom report of `variant` ("normalised" or "raw") in `language`."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown report variant {variant!r}; expected one of {VARIANTS}")
-    read = read_report(text, language)
+    return _coherence(read_report(text, language), variant)
+
+
+def _coherence(read: ReadReport, variant: str) -> ReportCoherence:
+    language = read.language
     present = {sec: read.statements(sec) for sec in SECTIONS}
     canonical = dict(zip(SECTIONS, canonical_statements(case_from_statements(present[FINDINGS]), language, variant),
                          strict=True))
@@ -97,10 +101,11 @@ def report_coherence(text: str, language: str, variant: str) -> ReportCoherence:
 
 def reference_variant(reference: str, language: str) -> str | None:
     """The variant a reference is a valid report of; None when it is no CXR-Phantom report."""
-    for variant in VARIANTS:
-        if report_coherence(reference, language, variant).valid:
-            return variant
-    return None
+    return _variant(read_report(reference, language))
+
+
+def _variant(read: ReadReport) -> str | None:
+    return next((v for v in VARIANTS if _coherence(read, v).valid), None)
 
 
 def is_phantom_eval(refs: Sequence[str], languages: Sequence[str],
@@ -112,10 +117,11 @@ def is_phantom_eval(refs: Sequence[str], languages: Sequence[str],
     for i, (ref, lang) in enumerate(zip(refs, languages, strict=True)):
         if lang not in ("en", "zh"):
             return False
-        if reference_variant(ref, lang) is None:
+        read = read_report(ref, lang)
+        if _variant(read) is None:
             return False
         labels = ref_labels[i] if ref_labels is not None else None
-        stated = case_from_statements(read_report(ref, lang).statements(FINDINGS)).labels
+        stated = case_from_statements(read.statements(FINDINGS)).labels
         if labels is not None and sorted(set(labels)) != stated:
             return False
     return True
@@ -139,7 +145,7 @@ class Coherence:
         langs = languages_for(language, len(hyps))
         per_sample: list[float | None] = []
         details: list[dict[str, Any] | None] = []
-        counts = {"sentences": 0, "valid": 0, "repeated": [], "missing": [], "unexpected": []}
+        scored: list[ReportCoherence] = []
         for hyp, ref, lang in zip(hyps, refs, langs, strict=True):
             variant = reference_variant(ref, lang)
             if variant is None:
@@ -147,22 +153,20 @@ class Coherence:
                 details.append(None)
                 continue
             rc = report_coherence(hyp, lang, variant)
+            scored.append(rc)
             per_sample.append(float(rc.valid))
             details.append({"variant": variant, **rc.to_json()})
-            counts["sentences"] += rc.n_sentences
-            counts["valid"] += rc.n_valid_sentences
-            counts["repeated"].append(rc.repeated)
-            counts["missing"].append(len(rc.missing))
-            counts["unexpected"].append(len(rc.unexpected))
-        if all(x is None for x in per_sample) and hyps:
+        if hyps and not scored:
             raise ValueError("no reference is a CXR-Phantom report (coherence reads phantom reports only)")
+        n_sentences = sum(rc.n_sentences for rc in scored)
         return MetricResult(
             self.name, per_sample, mean_or_none(per_sample),
-            extra={"sentence_validity": counts["valid"] / counts["sentences"] if counts["sentences"] else None,
-                   "repeated_statements": mean_or_none(counts["repeated"]),
-                   "missing_statements": mean_or_none(counts["missing"]),
-                   "unexpected_statements": mean_or_none(counts["unexpected"])},
-            info={"grammar": "CXR-Phantom", "n_scored": sum(x is not None for x in per_sample),
+            extra={"sentence_validity": sum(rc.n_valid_sentences for rc in scored) / n_sentences
+                   if n_sentences else None,
+                   "repeated_statements": mean_or_none([rc.repeated for rc in scored]),
+                   "missing_statements": mean_or_none([len(rc.missing) for rc in scored]),
+                   "unexpected_statements": mean_or_none([len(rc.unexpected) for rc in scored])},
+            info={"grammar": "CXR-Phantom", "n_scored": len(scored),
                   "variants": dict(Counter(d["variant"] for d in details if d))},
             sample_extra={"coherence": details})
 
