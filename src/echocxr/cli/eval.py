@@ -29,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="output folder for per_sample.jsonl and summary.json")
     parser.add_argument("--name", help="row name of this run in tables (default: the --out folder name)")
     parser.add_argument("--metrics", metavar="LIST",
-                        help="comma-separated: rouge_l,meteor,bleu4,cider,finding_f1,semscore,ratescore,ppl,speed "
-                             "(default: the text metrics + semscore, plus ratescore/ppl when their models are given)")
+                        help="comma-separated: rouge_l,meteor,bleu4,cider,finding_f1,coherence,semscore,ratescore,ppl,"
+                             "speed (default: the text metrics + semscore, coherence on CXR-Phantom, plus "
+                             "ratescore/ppl when their models are given)")
     parser.add_argument("--drop-empty", action="store_true",
                         help="leave samples with an empty report out of every mean, as the official ECHO script "
                              "does (default: they are kept and score 0)")
@@ -145,6 +146,10 @@ def _metric_names(args: argparse.Namespace, data: Any) -> tuple[list[str], bool,
         print("echocxr eval: skipping finding_f1: no manifest labels and the rule-based labeler reads English only",
               file=sys.stderr)
         names.remove("finding_f1")
+    from echocxr.metrics.coherence import is_phantom_eval
+
+    if is_phantom_eval(data.refs, data.languages, data.ref_labels):  # CXR-Phantom: the grammar can read reports
+        names.append("coherence")
     if args.ratescore_ner or args.ratescore_encoder:
         names.append("ratescore")
     if args.ppl_model:

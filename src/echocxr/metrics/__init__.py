@@ -25,6 +25,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "bleu4": ("echocxr.metrics.bleu", "Bleu4"),
     "cider": ("echocxr.metrics.cider", "Cider"),
     "finding_f1": ("echocxr.metrics.finding_f1", "FindingF1"),
+    "coherence": ("echocxr.metrics.coherence", "Coherence"),
     "ratescore": ("echocxr.metrics.ratescore", "RaTEScore"),
     "semscore": ("echocxr.metrics.semscore", "SemScore"),
     "ppl": ("echocxr.metrics.ppl", "Perplexity"),

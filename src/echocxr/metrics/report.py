@@ -22,10 +22,12 @@ from echocxr.metrics.base import MetricResult
 COLUMNS: dict[str, str] = {
     "tpf": "TPF", "tps": "TPS", "rouge_l": "ROUGE-L", "meteor": "METEOR", "bleu4": "BLEU-4", "cider": "CIDEr",
     "ratescore": "RaTE", "semscore": "SemScore", "finding_f1_micro": "F1 micro", "finding_f1_macro": "F1 macro",
-    "ppl": "PPL",
+    "report_validity": "Valid rep.", "sentence_validity": "Valid sent.", "repeated_statements": "Repeats",
+    "missing_statements": "Missing", "unexpected_statements": "Unexpected", "ppl": "PPL",
 }
-LOWER_IS_BETTER = {"ppl"}
-QUALITY_FOR_PLOT = ("rouge_l", "ratescore", "semscore", "cider")
+LOWER_IS_BETTER = {"ppl", "repeated_statements", "missing_statements", "unexpected_statements"}
+QUALITY_FOR_PLOT = ("rouge_l", "ratescore", "semscore", "cider", "report_validity", "sentence_validity")
+_PERCENT_KEYS = ("rouge_l", "ratescore", "semscore", "meteor", "bleu4", "report_validity", "sentence_validity")
 
 
 def _scale(value: float | None, percent: bool) -> float | None:
@@ -51,9 +53,10 @@ def build_summary(name: str, data: Any, results: Sequence[MetricResult], metrics
         key = getattr(metric, "summary_key", metric.name)
         summary[key] = _scale(res.corpus, metric.percent)
         units[key] = "percent" if metric.percent else "raw"
+        own_units = getattr(metric, "extra_units", {})  # extras in their own unit (counts per report)
         for extra_key, value in res.extra.items():
-            summary[extra_key] = _scale(value, metric.percent)
-            units[extra_key] = units[key]
+            summary[extra_key] = _scale(value, metric.percent and extra_key not in own_units)
+            units[extra_key] = own_units.get(extra_key, units[key])
         info[metric.name] = res.info
     if speed:
         summary.update(speed)
@@ -144,9 +147,13 @@ def markdown_table(summaries: Sequence[dict[str, Any]], reference_row: str | Non
     note = []
     if ref is not None:
         note.append(f"Changes in % are relative to {reference_row}.")
-    if any(k in LOWER_IS_BETTER for k in keys):
-        note.append("PPL: lower is better.")
+    lower = [COLUMNS[k] for k in keys if k in LOWER_IS_BETTER]
+    if lower:
+        note.append(", ".join(lower) + ": lower is better.")
     note.append("ROUGE-L, METEOR, BLEU-4, RaTE, SemScore, F1 in %; CIDEr x10 with corpus document frequencies.")
+    if "report_validity" in keys:
+        note.append("Valid rep./sent.: CXR-Phantom reports (sentences) exactly as the grammar writes them, in %; "
+                    "Repeats, Missing, Unexpected: statements per report.")
     return "\n".join(lines) + "\n\n" + " ".join(note) + "\n"
 
 
@@ -174,7 +181,7 @@ def plot_quality_vs_tpf(summaries: Sequence[dict[str, Any]], path: str | os.Path
             if isinstance(s.get(key), (int, float)):
                 ax.scatter(s["tpf"], s[key], s=60, marker=markers[i % len(markers)],
                            color=colours[i % len(colours)], label=str(s.get("name")), zorder=3)
-        unit = " (%)" if key in ("rouge_l", "ratescore", "semscore", "meteor", "bleu4") else ""
+        unit = " (%)" if key in _PERCENT_KEYS else ""
         ax.set_xlabel("tokens per forward (TPF)")
         ax.set_ylabel(COLUMNS.get(key, key) + unit)
         ax.set_title(f"{COLUMNS.get(key, key)} vs TPF (higher is better)", fontsize=10)
