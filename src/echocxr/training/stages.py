@@ -114,6 +114,8 @@ def run_stage(req: StageRequest) -> dict:
     if stage == "vision":
         if not bb.is_vision:
             raise UserError("stage vision needs a vision-language model")
+        model.requires_grad_(False)  # only the tower trains; the language model stays as initialised
+        model.model.visual.requires_grad_(True)
     elif cfg.freeze_vision and bb.is_vision:
         model.model.visual.requires_grad_(False)
     train, tstats = build_examples(train_samples, tok, ip, cfg.max_response_tokens)

@@ -24,7 +24,7 @@ from echocxr.errors import UserError
 class LabelHead(nn.Module):
     """Linear multi-label read-out of one image's merged vision tokens (fixed count: fixed image size)."""
 
-    def __init__(self, n_tokens: int, hidden: int, labels: tuple[str, ...], dropout: float = 0.2):
+    def __init__(self, n_tokens: int, hidden: int, labels: tuple[str, ...], dropout: float = 0.0):
         super().__init__()
         self.n_tokens, self.labels = n_tokens, tuple(labels)
         self.drop = nn.Dropout(dropout)
