@@ -191,17 +191,13 @@ class ReportEngine:
             self._decode_ar(batch, cfg, gen, finish, on_event)
         else:
             self._decode_blocks(batch, cfg, gen, finish, on_event)
-        self._attach_warnings(results, prompts, cfg)
         return [r for r in results if r is not None]  # all set: every sample ends by eos, length or cancel
 
-    def _attach_warnings(self, results: list[Generation | None], prompts: list[EncodedPrompt],
-                         cfg: DecodeConfig) -> None:
+    def request_warnings(self, prompt: EncodedPrompt, cfg: DecodeConfig) -> list[str]:
+        """A sample's warnings: decoder outside the model's training, then the prompt's own (language, images)."""
         from echocxr.decoding.notices import decode_notices
 
-        common = decode_notices(self.bb.settings, cfg.decoder)
-        for r, p in zip(results, prompts, strict=True):
-            if r is not None:
-                r.warnings = common + list(p.notices)
+        return decode_notices(self.bb.settings, cfg.decoder) + list(prompt.notices)
 
     # ---- decoders ---------------------------------------------------------------------------------
     def _decode_ar(self, batch: _Batch, cfg: DecodeConfig, gen, finish: _Finisher, on_event) -> None:
@@ -355,6 +351,7 @@ class _Finisher:
             stop=stop,
             decoder=cfg.decoder,
             block_length=1 if cfg.decoder == "ar" else cfg.block_length,
+            warnings=self.e.request_warnings(b.prompts[int(b.index[r])], cfg),  # set before "done" streams it
         )
         if self.on_event is not None:
             self.on_event(DecodeEvent("done", int(b.index[r]), -1, -1, [], [], generation=gen))
