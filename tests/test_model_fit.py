@@ -309,6 +309,26 @@ def test_non_phantom_images_are_flagged(name):
     assert phantom_mismatch(_non_phantoms()[name]) is not None
 
 
+def _one_property_broken() -> dict[str, Image.Image]:
+    """Phantoms (or near-phantoms) that break exactly one checked property each."""
+    p = np.asarray(phantom(128, 0))
+    tinted = (p * np.array([1.0, 0.75, 0.5])).astype(np.uint8)
+    corner = p.copy()
+    corner[:16, -16:] = 200  # a burnt-in label in the top-right corner
+    v = np.mgrid[0:128, 0:128][0] / 128
+    return {"in colour": Image.fromarray(tinted), "no dark air in the top corners": Image.fromarray(corner),
+            "no bright chest in the centre": Image.fromarray((p * 0.2).astype(np.uint8)),
+            "no lung fields": Image.fromarray((255 * v).astype(np.uint8)),
+            "not square": phantom(128, 0).crop((0, 0, 128, 100))}
+
+
+@pytest.mark.parametrize("reason", list(_one_property_broken()))
+def test_each_checked_property_is_needed(reason):
+    from echocxr.data.phantom.domain import phantom_mismatch
+
+    assert (phantom_mismatch(_one_property_broken()[reason]) or "").startswith(reason)
+
+
 # ---- demo ---------------------------------------------------------------------------------------------------------
 def test_demo_prints_truth_stated_findings_and_match(fitted_dir, capsys, monkeypatch):
     from echocxr.cli import demo
@@ -394,3 +414,17 @@ def test_web_page_shows_warnings_and_marks_untrained_options():
     js = (STATIC_DIR / "app.js").read_text()
     assert 'id="warnings"' in (STATIC_DIR / "index.html").read_text()
     assert "showWarnings(ev.data.warnings" in js and "markUntrained($(\"decoder\"), health.trained_decoders)" in js
+
+
+def test_eval_model_warns_about_non_phantom_images(fitted_dir, tmp_path, capsys):
+    from echocxr.data.manifest import Sample, save_manifest
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    phantom(56).save(a)
+    random_image(2, 64, 64).save(b)
+    save_manifest([Sample("a", [str(a)], "No finding.", "Normal."), Sample("b", [str(b)], "No finding.", "Normal.")],
+                  tmp_path / "m.json")
+    assert main(["eval", "--model", str(fitted_dir), "--manifest", str(tmp_path / "m.json"), "--out",
+                 str(tmp_path / "ev"), "--metrics", "rouge_l", "--max-new-tokens", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "echocxr eval: warning: out of domain" in err and "[1 of 2]" in err
