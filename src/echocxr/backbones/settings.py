@@ -80,8 +80,7 @@ class ModelSettings:
         """One line when `decoder` is not one this model was trained for (None when it is, or unknown)."""
         if not self.decoders or decoder in self.decoders:
             return None
-        return (f"this model was trained for the {'/'.join(self.decoders)} decoder{'s' if len(self.decoders) > 1 else ''}"
-                f", not {decoder}: expect a worse report")
+        return f"this model was trained for {'/'.join(self.decoders)} decoding, not {decoder}: its reports may be worse"
 
     def language_warning(self, lang: str) -> str | None:
         """One line when `lang` is not a report language this model was trained for."""
