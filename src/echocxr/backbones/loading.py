@@ -77,10 +77,13 @@ def read_model_type(model_dir: Path) -> str:
 
 def load_backbone(model_dir: str | Path, device: str = "cpu", dtype: str | torch.dtype = "auto",
                   attn_implementation: str = "sdpa", ensure_mask: bool = True) -> Backbone:
-    """Load a Qwen2.5-VL (ECHO, ECHO-Base, Lingshu, tiny) or Qwen2 text model from `model_dir`."""
+    """Load a Qwen2.5-VL (ECHO, ECHO-Base, Lingshu, tiny) or Qwen2 text model from `model_dir` ("builtin":
+    the packaged model, so every verb that loads a model accepts it)."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2ForCausalLM
 
-    model_dir = Path(model_dir)
+    from echocxr.backbones.builtin import resolve_model_dir
+
+    model_dir = Path(resolve_model_dir(model_dir))
     model_type = read_model_type(model_dir)
     torch_dtype = resolve_dtype(dtype, device)
     settings = read_settings(model_dir)

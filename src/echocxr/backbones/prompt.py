@@ -1,8 +1,9 @@
-"""Chat prompts for report generation: the official instructions, multi-view images, pixel cap."""
+"""Chat prompts for report generation: the official instructions, multi-view images, pixel cap, and the
+resize to a model's training image size (the one place images become model inputs at inference)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
@@ -26,6 +27,7 @@ class EncodedPrompt:
     mm_token_type_ids: torch.Tensor  # (P,) int: 0 text, 1 image
     pixel_values: torch.Tensor | None = None  # (patches, dim)
     image_grid_thw: torch.Tensor | None = None  # (n_images, 3)
+    notices: list[str] = field(default_factory=list)  # warnings about the request (language, image domain)
 
     @property
     def length(self) -> int:
@@ -38,10 +40,28 @@ def prompt_text(lang: str) -> str:
     return PROMPTS[lang]
 
 
+def fit_to_size(image: Image.Image, size: int) -> Image.Image:
+    """`image` scaled to the area of a `size` x `size` square, aspect kept (a square becomes exactly that).
+
+    A model trained at one size (a phantom model at 128 px) sees other sizes as other vision-token grids
+    and writes worse reports; scaling by area keeps its token budget for non-square views too.
+    """
+    w, h = image.size
+    if size <= 0 or (w == size and h == size):
+        return image
+    scale = size / (w * h) ** 0.5
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return image if new == (w, h) else image.resize(new, Image.Resampling.BICUBIC)  # antialiased when shrinking
+
+
 def encode_prompt(tokenizer, image_processor, images: list[Image.Image] | None = None, lang: str = "en",
-                  instruction: str | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS) -> EncodedPrompt:
-    """Apply the chat template with one `<|image_pad|>` run per view, expanded to its vision token count."""
-    images = list(images or [])
+                  instruction: str | None = None, max_image_pixels: int = MAX_IMAGE_PIXELS,
+                  image_size: int = 0) -> EncodedPrompt:
+    """Apply the chat template with one `<|image_pad|>` run per view, expanded to its vision token count.
+
+    image_size: the model's training size (`ModelSettings.image_size`): every view is resized to it first.
+    """
+    images = [fit_to_size(im, image_size) for im in images or []]
     text = instruction if instruction is not None else prompt_text(lang)
     if images and image_processor is None:
         raise UserError("this model is text-only: it takes no images")

@@ -2,12 +2,15 @@
 
 Official ECHO checkpoints have no such file and get the defaults (SDAR-style block-grid prefill);
 models trained by echocxr write one (their RAD training saw a causal prompt: response-aligned blocks).
+It also records what the model was trained for (image size, languages, decoders, image domain), so that
+inputs can be fitted to it and requests outside it can be warned about. Older files without these fields
+load with the "anything goes" defaults.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from echocxr.errors import UserError
@@ -16,6 +19,12 @@ SETTINGS_FILE = "echocxr.json"
 PREFILL_MODES = ("block_grid", "response_aligned")
 DECODERS = ("ar", "multistep", "onestep")
 REMASKING_STRATEGIES = ("sequential", "low_confidence_static", "low_confidence_dynamic")
+DOMAINS = ("", "cxr-phantom")  # "": any chest X-ray (real checkpoints)
+PHANTOM_DOMAIN = "cxr-phantom"
+# multistep on a model whose own setting is one step: one token per forward at worst (steps = L), more
+# whenever the model is confident, as the paper's teacher decodes
+MULTISTEP_FALLBACK_REMASKING = "low_confidence_dynamic"
+MULTISTEP_FALLBACK_THRESHOLD = 0.9
 
 
 @dataclass
@@ -27,6 +36,10 @@ class ModelSettings:
     remasking: str = "low_confidence_dynamic"
     threshold: float = 0.85
     stage: str = ""  # ar | rad | dcd | ... (informational)
+    image_size: int = 0  # square side (px) the model was trained at; inputs are resized to it; 0 = as given
+    languages: list[str] = field(default_factory=list)  # report languages it was trained for; empty = any
+    decoders: list[str] = field(default_factory=list)  # decoders it was trained for; empty = any
+    domain: str = ""  # "cxr-phantom": trained on CXR-Phantom images only; "" = any chest X-ray
 
     def validate(self) -> ModelSettings:
         if self.prefill not in PREFILL_MODES:
@@ -35,10 +48,45 @@ class ModelSettings:
             raise UserError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.block_length < 1:
             raise UserError(f"block_length must be >= 1, got {self.block_length}")
+        if not isinstance(self.image_size, int) or isinstance(self.image_size, bool) or self.image_size < 0:
+            raise UserError(f"image_size must be an integer >= 0, got {self.image_size!r}")
+        for name in ("languages", "decoders"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise UserError(f"{name} must be a list of strings, got {value!r}")
+        bad = [d for d in self.decoders if d not in DECODERS]
+        if bad:
+            raise UserError(f"decoders must be among {DECODERS}, got {bad[0]!r}")
+        if self.domain not in DOMAINS:
+            raise UserError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
         return self
 
     def save(self, model_dir: str | Path) -> None:
         (Path(model_dir) / SETTINGS_FILE).write_text(json.dumps(asdict(self), indent=1))
+
+    def multistep_defaults(self, block_length: int) -> dict:
+        """steps/remasking/threshold for multistep when the caller set none of them.
+
+        A one-step model's own `steps: 1` would make multistep a one-step decode under another name, so
+        such a model gets L steps with dynamic low-confidence remasking instead.
+        """
+        if self.steps > 1:
+            return {"steps": min(self.steps, block_length), "remasking": self.remasking,
+                    "threshold": self.threshold}
+        return {"steps": block_length, "remasking": MULTISTEP_FALLBACK_REMASKING,
+                "threshold": MULTISTEP_FALLBACK_THRESHOLD}
+
+    def decoder_warning(self, decoder: str) -> str | None:
+        """One line when `decoder` is not one this model was trained for (None when it is, or unknown)."""
+        if not self.decoders or decoder in self.decoders:
+            return None
+        return f"this model was trained for {'/'.join(self.decoders)} decoding, not {decoder}: its reports may be worse"
+
+    def language_warning(self, lang: str) -> str | None:
+        """One line when `lang` is not a report language this model was trained for."""
+        if not self.languages or lang in self.languages:
+            return None
+        return f"this model was trained on {'/'.join(self.languages)} reports only, not {lang!r}: expect word salad"
 
 
 def read_settings(model_dir: str | Path) -> ModelSettings:
@@ -49,5 +97,10 @@ def read_settings(model_dir: str | Path) -> ModelSettings:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"cannot read {path}: expected a JSON object")
     known = {f.name for f in fields(ModelSettings)}
-    return ModelSettings(**{k: v for k, v in data.items() if k in known}).validate()
+    try:
+        return ModelSettings(**{k: v for k, v in data.items() if k in known}).validate()
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None

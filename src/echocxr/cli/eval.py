@@ -23,7 +23,7 @@ from echocxr.errors import UserError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("what to evaluate (one of)")
     src.add_argument("--predictions", metavar="FILE.jsonl", help="generated reports, one JSON object per line")
-    src.add_argument("--model", metavar="DIR", help="generate the reports with this model first, then score them")
+    src.add_argument("--model", metavar="DIR", help="generate the reports with this model (a directory or 'builtin') first, then score them")
     src.add_argument("--summaries", nargs="+", metavar="DIR", help="combine earlier runs (DIR/summary.json)")
     parser.add_argument("--manifest", metavar="FILE", help="evaluation manifest with the reference reports")
     parser.add_argument("--out", metavar="DIR", help="output folder for per_sample.jsonl and summary.json")

@@ -75,7 +75,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".t
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model directory (ECHO, ECHO-Base, Qwen2.5-VL, echocxr-trained; default: the built-in model)")
+    p.add_argument("--model", help="model directory (ECHO, ECHO-Base, Qwen2.5-VL, echocxr-trained) or 'builtin' "
+                   "(the default)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", nargs="+", metavar="FILE",
                      help="the study's views (PNG, JPEG, DICOM); several files = one multi-view study")
@@ -99,12 +100,22 @@ def run(args: argparse.Namespace) -> int:
         engine = load_engine(args.model, args)
         cfg = decode_config_from_args(engine, args)
         gen = engine.generate([engine.encode(images, lang=args.lang)], cfg)[0]
+        print_warnings(gen.warnings)
         if args.json:
-            print(json.dumps({"report": gen.text, **gen.stats(), "model": args.model}, ensure_ascii=False))
+            print(json.dumps({"report": gen.text, **gen.stats(), "model": args.model, "warnings": gen.warnings},
+                             ensure_ascii=False))
         else:
             print(gen.text)
         return 0
     return run_many(args)
+
+
+def print_warnings(lines, verb: str = "echocxr") -> None:
+    """Each warning as one stderr line (stdout stays the report or its JSON)."""
+    import sys
+
+    for line in lines:
+        print(f"{verb}: warning: {line}", file=sys.stderr)
 
 
 def list_studies(args: argparse.Namespace) -> list:
@@ -143,7 +154,7 @@ def run_many(args: argparse.Namespace) -> int:
     engine = load_engine(args.model, args)
     cfg = decode_config_from_args(engine, args)
     sink = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
-    failed = 0
+    failed, warned = 0, []
     try:
         for study, gen, error in decode_studies(engine, cfg, studies, args.batch_size):
             if error is not None:
@@ -151,11 +162,16 @@ def run_many(args: argparse.Namespace) -> int:
                 row = {"sample_id": study.sample_id, "error": error}
             else:
                 row = {"sample_id": study.sample_id, "report": gen.text, "stats": gen.stats()}
+                row.update({"warnings": gen.warnings} if gen.warnings else {})
+                warned.append(gen.warnings)
             sink.write(json.dumps(row, ensure_ascii=False) + "\n")
             sink.flush()
     finally:
         if sink is not sys.stdout:
             sink.close()
+    from echocxr.decoding.notices import summarise
+
+    print_warnings(summarise(warned), "echocxr report")
     if failed:
         print(f"echocxr report: {failed} of {len(studies)} studies skipped (unreadable images)", file=sys.stderr)
     return 0

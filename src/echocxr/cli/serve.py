@@ -13,7 +13,8 @@ from echocxr.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="model directory (ECHO, ECHO-Base, Qwen2.5-VL, echocxr-trained; default: the built-in model)")
+    p.add_argument("--model", help="model directory (ECHO, ECHO-Base, Qwen2.5-VL, echocxr-trained) or 'builtin' "
+                   "(the default)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="most requests decoded together in one batch")

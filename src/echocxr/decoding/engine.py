@@ -129,13 +129,32 @@ class ReportEngine:
 
     # ---- public API -------------------------------------------------------------------------------
     def default_config(self, **overrides) -> DecodeConfig:
+        """The model's settings with the caller's non-None overrides; multistep fills what was not given."""
         s = self.bb.settings
         cfg = DecodeConfig(decoder=s.decoder, block_length=s.block_length, steps=min(s.steps, s.block_length),
                            remasking=s.remasking, threshold=s.threshold, prefill=s.prefill)
-        return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        cfg = replace(cfg, **given)
+        return self.with_multistep_defaults(cfg, given)
+
+    def with_multistep_defaults(self, cfg: DecodeConfig, given) -> DecodeConfig:
+        """A multistep `cfg` with steps/remasking/threshold not in `given` taken from the model's
+        multistep defaults (L steps on a one-step model, where its own `steps: 1` would be one-step)."""
+        if cfg.decoder != "multistep":
+            return cfg
+        fill = self.bb.settings.multistep_defaults(cfg.block_length)
+        return replace(cfg, **{k: v for k, v in fill.items() if k not in given})
 
     def encode(self, images, lang: str = "en", instruction: str | None = None) -> EncodedPrompt:
-        return encode_prompt(self.bb.tokenizer, self.bb.image_processor, images, lang=lang, instruction=instruction)
+        """A prompt for this model: views resized to its training size, with warnings about the request."""
+        from echocxr.decoding.notices import input_notices
+
+        s = self.bb.settings
+        images = list(images or [])
+        prompt = encode_prompt(self.bb.tokenizer, self.bb.image_processor, images, lang=lang,
+                               instruction=instruction, image_size=s.image_size)
+        prompt.notices = input_notices(s, lang, images)
+        return prompt
 
     @torch.inference_mode()
     def generate(self, prompts: list[EncodedPrompt], cfg: DecodeConfig, on_event: EventHook | None = None,
@@ -173,6 +192,12 @@ class ReportEngine:
         else:
             self._decode_blocks(batch, cfg, gen, finish, on_event)
         return [r for r in results if r is not None]  # all set: every sample ends by eos, length or cancel
+
+    def request_warnings(self, prompt: EncodedPrompt, cfg: DecodeConfig) -> list[str]:
+        """A sample's warnings: decoder outside the model's training, then the prompt's own (language, images)."""
+        from echocxr.decoding.notices import decode_notices
+
+        return decode_notices(self.bb.settings, cfg.decoder) + list(prompt.notices)
 
     # ---- decoders ---------------------------------------------------------------------------------
     def _decode_ar(self, batch: _Batch, cfg: DecodeConfig, gen, finish: _Finisher, on_event) -> None:
@@ -326,6 +351,7 @@ class _Finisher:
             stop=stop,
             decoder=cfg.decoder,
             block_length=1 if cfg.decoder == "ar" else cfg.block_length,
+            warnings=self.e.request_warnings(b.prompts[int(b.index[r])], cfg),  # set before "done" streams it
         )
         if self.on_event is not None:
             self.on_event(DecodeEvent("done", int(b.index[r]), -1, -1, [], [], generation=gen))

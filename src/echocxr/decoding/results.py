@@ -25,6 +25,7 @@ class Generation:
     stop: str  # "eos" | "length" | "cancelled"
     decoder: str = ""
     block_length: int = 1
+    warnings: list[str] = field(default_factory=list)  # request outside the model's training (not a stat)
 
     @property
     def tpf(self) -> float:
@@ -34,6 +35,7 @@ class Generation:
         d = asdict(self)
         d.pop("text")
         d.pop("token_ids")
+        d.pop("warnings")
         d["tpf"] = self.tpf
         return d
 

@@ -96,7 +96,9 @@ class ReportService:
         if overrides.get("max_new_tokens") is not None and not 1 <= overrides["max_new_tokens"] <= limit:
             raise ApiError(400, f"max_new_tokens must be in 1..{limit} (the server's limit)")
         cfg = replace(self.base, **overrides)
-        if "steps" not in overrides and cfg.decoder == "multistep":
+        if cfg.decoder == "multistep" and self.base.decoder != "multistep":  # the request chose multistep
+            cfg = self.engine.with_multistep_defaults(cfg, overrides)
+        elif "steps" not in overrides and cfg.decoder == "multistep":
             cfg.steps = min(cfg.steps, cfg.block_length)
         return cfg.validate()
 
@@ -207,6 +209,13 @@ def report_stats(job: Job, gen: Generation, t_start: float) -> dict:
         "queue_s": started - job.enqueued,
         "latency_s": now - t_start,
     }
+
+
+def _trained_for(engine: ReportEngine) -> dict:
+    """What the model was trained for (its echocxr.json): the page marks the rest; empty lists = any."""
+    s = engine.bb.settings
+    return {"trained_decoders": list(s.decoders), "trained_languages": list(s.languages),
+            "image_size": s.image_size, "domain": s.domain}
 
 
 def _sections(text: str) -> dict:
@@ -377,7 +386,7 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
         return {"status": "ok", "model": config.model_name, "vision": engine.is_vision, "auth": bool(config.token),
                 "decoder": cfg.decoder, "block_length": cfg.block_length, "max_new_tokens": cfg.max_new_tokens,
                 "decoders": list(DECODERS), "languages": list(PROMPTS), "max_views": config.max_views,
-                "max_batch": config.max_batch, **service.counts()}
+                "max_batch": config.max_batch, **_trained_for(engine), **service.counts()}
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
@@ -411,7 +420,8 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
         if gen is None:
             return Response(status_code=499)
         return JSONResponse({"id": request_id_var.get(), "object": "report", "model": config.model_name,
-                             "report": gen.text, **_sections(gen.text), "stats": report_stats(job, gen, t0)})
+                             "report": gen.text, **_sections(gen.text), "stats": report_stats(job, gen, t0),
+                             "warnings": gen.warnings})
 
     @app.post("/v1/reports/stream", openapi_extra=_REPORT_BODY)
     async def reports_stream(request: Request, steps: bool = False) -> Response:
@@ -432,7 +442,7 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
                 elif kind == "done":
                     gen = payload
                     yield sse({"id": rid, "report": gen.text, **_sections(gen.text),
-                               "stats": report_stats(job, gen, t0)}, "done")
+                               "stats": report_stats(job, gen, t0), "warnings": gen.warnings}, "done")
                 else:
                     err = _engine_error(payload)
                     metrics.inc("errors_total", labels={"type": err.type})
@@ -466,7 +476,7 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
                 "id": cid, "object": "chat.completion", "created": created, "model": config.model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
                              "finish_reason": "stop" if gen.stop == "eos" else "length"}],
-                "usage": usage(gen), "stats": report_stats(job, gen, t0),
+                "usage": usage(gen), "stats": report_stats(job, gen, t0), "warnings": gen.warnings,
             })
 
         async def body() -> AsyncIterator[str]:

@@ -77,14 +77,32 @@ def new_tiny_backbone(cfg: TrainConfig, samples):
                     eos_token_ids=eos_token_ids(model, tok))
 
 
-def stage_settings(stage: str, cfg: TrainConfig) -> ModelSettings:
-    if stage in ("vision", "ar"):
-        return ModelSettings(block_length=1, prefill="response_aligned", decoder="ar", steps=1, stage=stage)
-    if stage == "rad":
-        return ModelSettings(block_length=cfg.block_length, prefill="response_aligned", decoder="multistep",
-                             steps=cfg.block_length, threshold=cfg.tau, stage="rad")
-    return ModelSettings(block_length=cfg.block_length, prefill="response_aligned", decoder="onestep", steps=1,
-                         stage=stage)
+def stage_settings(stage: str, cfg: TrainConfig, req: StageRequest | None = None,
+                   data: Path | None = None) -> ModelSettings:
+    """The trained model's echocxr.json: how to decode it, and what it was trained for (languages, decoders,
+    image size and domain), so inference can resize its inputs and warn about requests outside them."""
+    if stage in ("vision", "ar"):  # a vision-stage model is a (not yet trained) AR model
+        s = ModelSettings(block_length=1, prefill="response_aligned", decoder="ar", steps=1, stage=stage,
+                          decoders=["ar"])
+    elif stage == "rad":  # the teacher decodes multistep; its native one-step decode is the paper's ablation
+        s = ModelSettings(block_length=cfg.block_length, prefill="response_aligned", decoder="multistep",
+                          steps=cfg.block_length, threshold=cfg.tau, stage="rad", decoders=["multistep", "onestep"])
+    else:  # dcd and the baseline distillations: one step per block
+        s = ModelSettings(block_length=cfg.block_length, prefill="response_aligned", decoder="onestep", steps=1,
+                          stage=stage, decoders=["onestep"])
+    phantom_info: dict = {}
+    if data is not None and (Path(data) / "phantom.json").is_file():  # written by write_phantom_set
+        try:
+            phantom_info = json.loads((Path(data) / "phantom.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            phantom_info = {}
+    recipe_made = req is not None and req.data_dir is None
+    s.languages = list(req.languages) if req is not None else []
+    # the recipe's phantom size describes the data only when the recipe made it (not for --data)
+    s.image_size = int(getattr(cfg, "image_size", 0) or (recipe_made and (cfg.phantoms or {}).get("image_size", 0))
+                       or phantom_info.get("image_size", 0))
+    s.domain = "cxr-phantom" if recipe_made or phantom_info else ""
+    return s.validate()
 
 
 def run_stage(req: StageRequest) -> dict:
@@ -180,7 +198,7 @@ def run_stage(req: StageRequest) -> dict:
             json.dumps({"stage": stage, **cfg.to_dict(), **extra}, indent=1, default=str))
     from echocxr.training.loop import run_training
 
-    last = run_training(model, objective, train, val, cfg, req.out, tok, ip, stage_settings(stage, cfg),
+    last = run_training(model, objective, train, val, cfg, req.out, tok, ip, stage_settings(stage, cfg, req, data),
                         resume=req.resume, stage=stage, progress=req.progress, aux=aux)
     clock.lap("train_s")
     if stage == "vision" and state.is_main_process:

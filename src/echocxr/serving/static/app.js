@@ -16,6 +16,8 @@ async function init() {
     $("token-row").hidden = !health.auth;
     const def = $("decoder").querySelector('option[value=""]');
     def.textContent = `model default (${health.decoder})`;
+    markUntrained($("decoder"), health.trained_decoders);
+    markUntrained($("lang"), health.trained_languages);
   } catch (err) {
     showError(`server not reachable: ${err}`);
   }
@@ -34,6 +36,14 @@ async function init() {
   $("stop").addEventListener("click", () => state.controller && state.controller.abort());
   $("replay").addEventListener("click", replay);
   loadExamples();
+}
+
+// options the model was not trained for (its echocxr.json) stay selectable but say so
+function markUntrained(select, trained) {
+  if (!trained || !trained.length) return;
+  for (const opt of select.options) {
+    if (opt.value && !trained.includes(opt.value)) opt.textContent += " — not trained for";
+  }
 }
 
 async function loadExamples() {
@@ -144,6 +154,7 @@ async function readEvents(body, onEvent) {
 function resetReport() {
   $("report").replaceChildren();
   $("error").hidden = true;
+  showWarnings([]);
   for (const id of ["tokens", "forwards", "tpf", "latency", "decode", "queue", "batch", "decoder"]) {
     $(`stat-${id}`).textContent = "–";
   }
@@ -186,6 +197,7 @@ function draw(ev) {
     if (shown.trim() !== ev.data.report.trim()) report.textContent = ev.data.report; // deltas are display only
     report.dataset.final = "true";
     showStats(ev.data.stats);
+    showWarnings(ev.data.warnings || []);
     setStatus("done", ev.data.stats.stop === "eos" ? "done" : `done (${ev.data.stats.stop})`);
   } else if (ev.type === "error") {
     setStatus("error", "error");
@@ -219,6 +231,12 @@ function setStatus(kind, text) {
   const el = $("status");
   el.dataset.state = kind;
   el.textContent = text;
+}
+
+function showWarnings(lines) {
+  const el = $("warnings");
+  el.replaceChildren(...lines.map((w) => Object.assign(document.createElement("li"), { textContent: w })));
+  el.hidden = lines.length === 0;
 }
 
 function showError(message) {
