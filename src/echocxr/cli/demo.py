@@ -107,17 +107,19 @@ def _print_card(model_dir: Path) -> int:
 
 
 def _report_validity(text: str, lang: str) -> str | None:
-    """One line on the report's validity against the CXR-Phantom grammar, or None (line omitted) while the
-    coherence metric (echocxr.metrics.coherence, written in parallel) is absent or cannot score it."""
+    """One line: is the report an exactly valid CXR-Phantom report (every sentence one phrasing of one
+    statement, each statement once, in order)? None (line omitted) when the grammar cannot read it at all."""
+    from echocxr.metrics.coherence import report_coherence
+
     try:
-        from echocxr.metrics import coherence
-    except ImportError:
+        c = report_coherence(text, lang, "normalised")
+    except ValueError:
         return None
-    score = getattr(coherence, "report_validity", None)
-    if score is None:
-        return None
-    try:
-        value = score([text], lang)  # TODO(merge): wire the final call of echocxr.metrics.coherence
-    except Exception:  # noqa: BLE001 - an optional line must never break the demo
-        return None
-    return f"report validity: {value}"
+    if c.valid:
+        return f"report validity: valid ({c.n_sentences} of {c.n_sentences} sentences are grammar phrasings)"
+    issues = [f"{c.n_valid_sentences} of {c.n_sentences} sentences valid"]
+    issues += [f"{c.repeated} repeated"] if c.repeated else []
+    issues += [f"{len(c.missing)} missing"] if c.missing else []
+    issues += [f"{len(c.unexpected)} unexpected"] if c.unexpected else []
+    issues += ["out of order"] if not c.in_order else []
+    return "report validity: not valid (" + ", ".join(issues) + ")"
