@@ -258,3 +258,45 @@ def test_rad_objective_runs_in_both_layouts(case, layout):
         assert torch.isfinite(a) and float(a) > 0 and 0 < mets["masked_frac"] <= 1
         assert float(a) == float(b)  # the noise is a function of (seed, epoch, example index)
         assert float(a) != float(c)
+
+
+def test_ar_label_term_by_hand(case):
+    """AR + label BCE = the plain AR loss + w * BCE of a linear read-out of each response position's state,
+    averaged over labels, then the sample's positions, then the batch (computed here from a plain forward)."""
+    from echocxr.training.examples import TrainExample
+    from echocxr.training.objectives import ARObjective, TokenIds
+    from echocxr.training.vision import StateLabelHead
+
+    bb, prompts, clean, _, rope = case
+    tok = bb.tokenizer
+    ids = TokenIds(pad=tok.pad_token_id, mask=bb.mask_token_id, eos=tok.eos_token_id)
+    resp = [c[: len(c) - 2] for c in clean]  # different lengths: padding must not count
+    examples = [TrainExample(prompt=p, response_ids=r, sample_id=str(i), labels=lab) for i, (p, r, lab) in
+                enumerate(zip(prompts, resp, [("b",), ("a", "b")], strict=True))]
+    positions = PromptPositions(bb.model, bb.is_vision)
+    torch.manual_seed(0)
+    hidden = bb.model.config.text_config.hidden_size if bb.is_vision else bb.model.config.hidden_size
+    head = StateLabelHead(hidden, ("a", "b"))
+    with torch.no_grad():
+        plain, _ = ARObjective(positions, ids, bb.is_vision)(bb.model, examples, [0, 1], 0)
+        total, mets = ARObjective(positions, ids, bb.is_vision, head, 0.5)(bb.model, examples, [0, 1], 0)
+        per_sample = []
+        for e, y in zip(examples, ([0.0, 1.0], [1.0, 1.0]), strict=True):
+            P, r = e.prompt.length, e.response_ids
+            seq = torch.cat([e.prompt.input_ids, torch.tensor(r)])
+            allowed = torch.ones(len(seq), len(seq), dtype=torch.bool).tril()
+            ppos = _prompt_positions(bb, e.prompt)
+            nxt = int(ppos.max()) + 1
+            pos = torch.cat([ppos, torch.arange(nxt, nxt + len(r))[None].expand(ppos.shape[0], -1)], dim=1)
+            kw = dict(input_ids=seq[None], attention_mask=additive_mask(allowed[None, None], torch.float32),
+                      position_ids=pos[:, None] if bb.is_vision else pos[:1], output_hidden_states=True)
+            if e.prompt.pixel_values is not None:
+                kw.update(pixel_values=e.prompt.pixel_values, image_grid_thw=e.prompt.image_grid_thw)
+            h = bb.model(**kw).hidden_states[-1][0, P - 1:P - 1 + len(r)]  # the states that predict the response
+            z = head.linear(h)
+            t = torch.tensor(y).expand_as(z)
+            bce = -(t * torch.log(torch.sigmoid(z)) + (1 - t) * torch.log(1 - torch.sigmoid(z)))
+            per_sample.append(bce.mean(-1).mean())
+        expect = float(plain) + 0.5 * float(torch.stack(per_sample).mean())
+    assert abs(float(total) - expect) < 1e-5
+    assert abs(mets["label_bce"] - float(torch.stack(per_sample).mean())) < 1e-5

@@ -49,28 +49,54 @@ class PromptPositions:
         return self.cache[key][1]
 
 
-def slot_logits(model, batch: SequenceBatch, is_vision: bool, cols: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits (B, R, V) at the batch's target columns, computing the LM head only where needed."""
+def slot_logits(model, batch: SequenceBatch, is_vision: bool, cols: torch.Tensor | None = None,
+                with_hidden: bool = False):
+    """Logits (B, R, V) at the batch's target columns, computing the LM head only where needed;
+    `with_hidden`: also the last hidden states (B, R, H) there."""
     device = next(model.parameters()).device
     batch = batch.to(device)
     cols = batch.target_cols if cols is None else cols.to(device)
     keep = torch.unique(cols)
     dtype = next(model.parameters()).dtype
-    out = model(**batch.model_inputs(dtype, is_vision), logits_to_keep=keep)
+    out = model(**batch.model_inputs(dtype, is_vision), logits_to_keep=keep, output_hidden_states=with_hidden)
     where = torch.searchsorted(keep, cols)
-    return out.logits.gather(1, where[..., None].expand(-1, -1, out.logits.shape[-1]))
+    logits = out.logits.gather(1, where[..., None].expand(-1, -1, out.logits.shape[-1]))
+    if not with_hidden:
+        return logits
+    h = out.hidden_states[-1]
+    return logits, h.gather(1, cols[..., None].expand(-1, -1, h.shape[-1]))
 
 
 class ARObjective:
-    def __init__(self, positions: PromptPositions, ids: TokenIds, is_vision: bool):
+    """Next-token CE; with a `label_head` (training only) also a finding-label BCE read linearly from the
+    language model's hidden state at every response position, weighted `label_weight`.
+
+    Why the label term: the report CE gives the image little weight (a handful of finding-bearing tokens per
+    report), and a small LM settles on the grammar's prior; asking every position's state to carry the labels
+    makes it read the vision tokens (benchmarks/results/builtin_model/STUDY.md)."""
+
+    def __init__(self, positions: PromptPositions, ids: TokenIds, is_vision: bool,
+                 label_head: torch.nn.Module | None = None, label_weight: float = 0.0):
         self.positions, self.ids, self.is_vision = positions, ids, is_vision
+        self.label_head, self.label_weight = label_head, label_weight
 
     def __call__(self, model, examples, indices, epoch):
         batch = build_ar_batch([e.prompt for e in examples], [e.response_ids for e in examples],
                                self.positions if self.is_vision else None, self.ids.pad)
-        logits = slot_logits(model, batch, self.is_vision)
-        loss = ar_loss(logits, batch.targets.to(logits.device))
-        return loss, {}
+        if self.label_head is None:
+            logits = slot_logits(model, batch, self.is_vision)
+            return ar_loss(logits, batch.targets.to(logits.device)), {}
+        from echocxr.training.vision import label_targets
+
+        logits, hidden = slot_logits(model, batch, self.is_vision, with_hidden=True)
+        targets = batch.targets.to(logits.device)
+        ce = ar_loss(logits, targets)
+        y = label_targets(examples, self.label_head.labels).to(logits.device)
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            self.label_head(hidden), y[:, None].expand(-1, hidden.shape[1], -1), reduction="none").mean(-1)
+        valid = (targets >= 0).float()
+        bce = ((bce * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
+        return ce + self.label_weight * bce, {"label_bce": float(bce.detach())}
 
 
 class RADObjective:

@@ -155,7 +155,15 @@ def run_stage(req: StageRequest) -> dict:
         objective = VisionLabelObjective(aux)
         extra["train_examples"], extra["labels"] = len(train), len(labels)
     elif stage == "ar":
-        objective = ARObjective(positions, ids, bb.is_vision)
+        if cfg.label_weight > 0:
+            from echocxr.training.vision import StateLabelHead
+
+            labels = tuple(sorted({lab for e in train for lab in e.labels}))
+            if not labels:
+                raise UserError("label_weight needs training samples with finding labels (manifest `labels`)")
+            aux = StateLabelHead(model.config.text_config.hidden_size if bb.is_vision else model.config.hidden_size,
+                                 labels)
+        objective = ARObjective(positions, ids, bb.is_vision, aux, cfg.label_weight)
     elif stage == "rad":
         objective = RADObjective(positions, ids, bb.is_vision, cfg)
     else:

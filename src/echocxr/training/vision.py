@@ -34,6 +34,18 @@ class LabelHead(nn.Module):
         return self.linear(self.drop(tokens.flatten(1)))
 
 
+class StateLabelHead(nn.Module):
+    """Linear multi-label read-out of one language-model hidden state (AR's label term)."""
+
+    def __init__(self, hidden: int, labels: tuple[str, ...]):
+        super().__init__()
+        self.labels = tuple(labels)
+        self.linear = nn.Linear(hidden, len(self.labels))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (..., H) -> (..., n_labels)
+        return self.linear(hidden)
+
+
 def label_targets(examples, labels: tuple[str, ...]) -> torch.Tensor:
     index = {lab: i for i, lab in enumerate(labels)}
     y = torch.zeros(len(examples), len(labels))
