@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from echocxr.backbones.gqa_attention import GQA_ATTENTION, text_attention
 from echocxr.backbones.prompt import EncodedPrompt
 from echocxr.decoding.engine import DecodeConfig, EventHook, ReportEngine, build_generation
-from echocxr.decoding.layout import build_canvas
+from echocxr.decoding.layout import Canvas, build_canvas
 from echocxr.decoding.results import DecodeEvent, Generation
 from echocxr.decoding.sampling import sample_tokens
 from echocxr.decoding.static_cache import CanvasKVCache
@@ -47,6 +47,24 @@ def default_compile(device: torch.device | str) -> bool:
 def bucket(n: int) -> int:
     """The batch-size bucket of n live rows: the next power of two."""
     return 1 << max(n - 1, 0).bit_length()
+
+
+def _widen(canvas: Canvas, multiple: int) -> Canvas:
+    """Round the canvas width up to a multiple (so decodes of other lengths reuse the same compiled shapes):
+    the extra columns are never fed and, invalid keys, never seen."""
+    W = canvas.tokens.shape[1]
+    extra = -W % max(multiple, 1)
+    if not extra:
+        return canvas
+    B = canvas.tokens.shape[0]
+    last = canvas.tokens.new_full((B, extra), 0)
+    return replace(
+        canvas,
+        tokens=torch.cat([canvas.tokens, last], dim=1),
+        key_valid=torch.cat([canvas.key_valid, torch.zeros(B, extra, dtype=torch.bool)], dim=1),
+        positions=torch.cat([canvas.positions, canvas.positions.new_zeros(canvas.positions.shape[0], B, extra)], 2),
+        groups=torch.cat([canvas.groups, torch.full((extra,), torch.iinfo(torch.long).max, dtype=torch.long)]),
+    )
 
 
 @dataclass(frozen=True)
@@ -93,8 +111,9 @@ class FastPath:
     """Decodes the configs it `supports` for a ReportEngine (set as `engine.fast_path`, or call directly)."""
 
     def __init__(self, engine: ReportEngine, compile: bool | None = None, check_every: int = 4,
-                 attention: str | None = GQA_ATTENTION):
+                 attention: str | None = GQA_ATTENTION, width_multiple: int = 128):
         self.e = engine
+        self.width_multiple = width_multiple  # canvas widths are rounded up: one graph serves many lengths
         self.model = engine.model
         self.device = engine.device
         self.compile = default_compile(self.device) if compile is None else compile
@@ -142,7 +161,9 @@ class FastPath:
         canvas = build_canvas(prompts, "ar" if ar else cfg.prefill, cfg.block_length, cfg.max_new_tokens,
                               fill_id=e.pad_id if ar else e.bb.mask_token_id, pad_id=e.pad_id,
                               rope_index=e._rope_index if e.is_vision else None)
-        C, L, W = canvas.prefill_end, cfg.block_length, canvas.tokens.shape[1]
+        C, L = canvas.prefill_end, cfg.block_length
+        canvas = _widen(canvas, self.width_multiple)
+        W = canvas.tokens.shape[1]
         if ar:
             plan = _Plan(first_q=1, q=1, n_out=1, shift=1, rollback=0, prefill_end=C - 1)
         else:
