@@ -80,52 +80,89 @@ class _Plan:
 
 
 class _Rows:
-    """Device state of the rows in the current bucket; every tensor keeps its shape between compactions."""
+    """Device state of one (batch bucket, width): allocated once and reused by every decode of that shape, so a
+    captured step (CUDA graph) keeps reading and writing the same addresses."""
 
-    def __init__(self, tokens, positions, key_valid, response_start, cache: CanvasKVCache):
-        self.tokens = tokens  # (B, W)
-        self.positions = positions  # (A, B, W)
-        self.key_valid = key_valid  # (B, W)
-        self.response_start = response_start  # (B,)
-        self.finished_at = torch.full_like(response_start, -1)  # step at which <eos>/length ended the row
-        self.step = torch.zeros((), dtype=torch.long, device=tokens.device)
-        self.cache = cache
+    def __init__(self, engine: ReportEngine, batch: int, width: int, axes: int):
+        dev = engine.device
+        self.tokens = torch.zeros(batch, width, dtype=torch.long, device=dev)
+        self.positions = torch.zeros(axes, batch, width, dtype=torch.long, device=dev)
+        self.key_valid = torch.zeros(batch, width, dtype=torch.bool, device=dev)
+        self.groups = torch.zeros(width, dtype=torch.long, device=dev)  # visibility group of each column
+        self.response_start = torch.zeros(batch, dtype=torch.long, device=dev)
+        self.stop_col = torch.zeros(batch, dtype=torch.long, device=dev)  # column after the last allowed token
+        self.finished_at = torch.zeros(batch, dtype=torch.long, device=dev)  # step that ended the row, or -1
+        self.step = torch.zeros((), dtype=torch.long, device=dev)
+        self.cache = CanvasKVCache.for_model(engine.model, batch, width)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
-    def select(self, rows: torch.Tensor) -> None:
-        for name in ("tokens", "key_valid", "response_start", "finished_at"):
-            setattr(self, name, getattr(self, name).index_select(0, rows))
-        self.positions = self.positions.index_select(1, rows)
-        self.cache.select_rows(rows)
+    def load(self, canvas: Canvas, max_new_tokens: int) -> None:
+        """Start a decode: the canvas in, the cache empty, no row finished."""
+        self.tokens.copy_(canvas.tokens)
+        self.positions.copy_(canvas.positions)
+        self.key_valid.copy_(canvas.key_valid)
+        self.groups.copy_(canvas.groups)
+        self.response_start.copy_(canvas.response_start)
+        self.stop_col.copy_(canvas.response_start + max_new_tokens)
+        self.finished_at.fill_(-1)
+        self.step.zero_()
+        self.cache.length.zero_()
+        for t in (*self.cache.keys, *self.cache.values):
+            t.zero_()  # stale slots are masked, but must stay finite
 
-    def static_addresses(self) -> None:
-        """Tell dynamo these buffers keep their address (CUDA graphs may then mutate them in place)."""
-        for t in (self.tokens, self.positions, self.key_valid, self.response_start, self.finished_at, self.step,
-                  self.cache.length, *self.cache.keys, *self.cache.values):
-            torch._dynamo.mark_static_address(t)
+    def take(self, other: _Rows, rows: torch.Tensor) -> None:
+        """Compaction: these buffers (a smaller bucket) get `rows` of `other`, mid-decode."""
+        for name in ("tokens", "key_valid", "response_start", "stop_col", "finished_at"):
+            getattr(self, name).copy_(getattr(other, name).index_select(0, rows))
+        self.positions.copy_(other.positions.index_select(1, rows))
+        self.groups.copy_(other.groups)
+        self.step.copy_(other.step)
+        self.cache.length.copy_(other.cache.length)
+        for mine, theirs in zip((*self.cache.keys, *self.cache.values), (*other.cache.keys, *other.cache.values),
+                                strict=True):
+            mine.copy_(theirs.index_select(0, rows))
 
 
 class FastPath:
-    """Decodes the configs it `supports` for a ReportEngine (set as `engine.fast_path`, or call directly)."""
+    """Decodes the configs it `supports` for a ReportEngine (set as `engine.fast_path`, or call directly).
+
+    compile: capture the fixed-shape step (None: on CUDA only). backend: how, "auto" = CUDA graphs of the eager
+    step on CUDA (no compile time: a capture costs one step) and torch.compile (inductor) on CPU;
+    "inductor" / "reduce-overhead" force torch.compile with that mode. A capture that fails falls back to
+    the eager step with a warning (`self.capture_error`).
+    """
 
     def __init__(self, engine: ReportEngine, compile: bool | None = None, check_every: int = 4,
-                 attention: str | None = GQA_ATTENTION, width_multiple: int = 128):
+                 attention: str | None = GQA_ATTENTION, width_multiple: int = 128, backend: str = "auto",
+                 max_shapes: int = 8):
         self.e = engine
-        self.width_multiple = width_multiple  # canvas widths are rounded up: one graph serves many lengths
         self.model = engine.model
         self.device = engine.device
         self.compile = default_compile(self.device) if compile is None else compile
+        if backend == "auto":
+            backend = "cudagraph" if self.device.type == "cuda" else "inductor"
+        if backend not in ("cudagraph", "inductor", "reduce-overhead"):
+            raise ValueError(f"unknown backend {backend!r} (auto, cudagraph, inductor, reduce-overhead)")
+        if backend == "cudagraph" and self.device.type != "cuda":
+            backend = "inductor"
+        self.backend = backend
         self.check_every = max(1, check_every)
         self.attention = attention
+        self.width_multiple = width_multiple  # canvas widths are rounded up: one graph serves many lengths
+        self.max_shapes = max_shapes  # (batch, width) buffer sets kept, with their graphs
         inner = self.model.model
         self._lm = inner.language_model if hasattr(inner, "language_model") else inner
         self._head = self.model.lm_head
         self._offsets = torch.arange(128, device=self.device)  # a step feeds at most 2L <= 128 columns
+        self._buffers: dict[tuple[int, int], _Rows] = {}
+        self._graphs: dict[tuple, tuple] = {}
+        self._seen: dict[tuple, int] = {}
         self._compiled: Callable | None = None
-        self.compile_s = 0.0  # wall time of the steps that compiled a graph (first call per shape)
-        self._seen_shapes: set[tuple] = set()
+        self._pool = None
+        self.compile_s = 0.0  # wall time of the steps that compiled or captured a shape
+        self.capture_error: str | None = None
 
     # ---- routing -------------------------------------------------------------------------------------
     def supports(self, cfg: DecodeConfig, prompts: list[EncodedPrompt] | None = None) -> bool:
@@ -163,32 +200,26 @@ class FastPath:
                               rope_index=e._rope_index if e.is_vision else None)
         C, L = canvas.prefill_end, cfg.block_length
         canvas = _widen(canvas, self.width_multiple)
-        W = canvas.tokens.shape[1]
         if ar:
             plan = _Plan(first_q=1, q=1, n_out=1, shift=1, rollback=0, prefill_end=C - 1)
         else:
             plan = _Plan(first_q=L, q=2 * L, n_out=L, shift=0, rollback=L, prefill_end=C)
-        dev = self.device
-        cache = CanvasKVCache.for_model(self.model, len(prompts), W)
-        rows = _Rows(canvas.tokens.to(dev), canvas.positions.to(dev), canvas.key_valid.to(dev),
-                     canvas.response_start.to(dev), cache)
-        groups = canvas.groups.to(dev)
+        rows = self._rows(len(prompts), canvas.tokens.shape[1], canvas.positions.shape[0])
+        rows.load(_to(canvas, self.device), cfg.max_new_tokens)
         index: list[int] = list(range(len(prompts)))  # sample of each row; -1: a filler row kept for the bucket
         starts = canvas.response_start.tolist()
-        gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed)
         results: list[Generation | None] = [None] * len(prompts)
 
         t0 = e._now()
-        if plan.prefill_end > 0:
-            self._prefill(rows, groups, prompts, plan.prefill_end)
+        self._prefill(rows, prompts, plan.prefill_end)
         prefill_s = e._now() - t0
         t_decode = e._now()
         cancel_at: dict[int, int] = {}  # row -> step at which the host saw it cancelled
         check = 1 if on_event is not None else self.check_every
-        step_fn = self._step_function(cfg)
         for step in range(canvas.n_blocks):
             q = plan.first_q if step == 0 else plan.q
-            logits, new, committed = step_fn(rows, groups, q, plan, cfg, gen)
+            logits, new, committed = self._run_step(rows, q, plan, cfg, gen)
             if on_event is not None:
                 self._emit(on_event, rows, index, step, new, committed, logits, cfg, C, L, ar)
             if is_cancelled is not None:
@@ -197,17 +228,30 @@ class FastPath:
                         cancel_at[r] = step
             last = step == canvas.n_blocks - 1
             if last or cancel_at or (step + 1) % check == 0:
-                index, cancel_at = self._collect(rows, index, cancel_at, results, cfg, starts, prefill_s, t_decode,
-                                                 plan, C, L, on_event, final=last)
+                rows, index, cancel_at = self._collect(rows, index, cancel_at, results, cfg, starts, prefill_s,
+                                                       t_decode, plan, C, L, on_event, final=last)
                 if all(i < 0 for i in index):
                     break
         return [r for r in results if r is not None]
 
+    def _rows(self, batch: int, width: int, axes: int) -> _Rows:
+        key = (batch, width)
+        rows = self._buffers.pop(key, None)
+        if rows is None or rows.positions.shape[0] != axes:
+            self._graphs = {k: v for k, v in self._graphs.items() if k[:2] != key}
+            while len(self._buffers) >= self.max_shapes:  # forget the oldest shape and its graphs
+                old = next(iter(self._buffers))
+                del self._buffers[old]
+                self._graphs = {k: v for k, v in self._graphs.items() if k[:2] != old}
+            rows = _Rows(self.e, batch, width, axes)
+        self._buffers[key] = rows  # most recent last
+        return rows
+
     # ---- model calls ---------------------------------------------------------------------------------
-    def _prefill(self, rows: _Rows, groups: torch.Tensor, prompts, end: int) -> None:
+    def _prefill(self, rows: _Rows, prompts, end: int) -> None:
         """Columns [0, end) with the vision inputs, through the full model (eager): the cache length becomes end."""
         cols = torch.arange(end, device=self.device)
-        mask = canvas_mask(groups, cols, rows.tokens.shape[1], rows.key_valid, self.e.bb.dtype)
+        mask = canvas_mask(rows.groups, cols, rows.tokens.shape[1], rows.key_valid, self.e.bb.dtype)
         pos = rows.positions[:, :, :end]
         kwargs = {}
         if self.e.is_vision:
@@ -221,12 +265,13 @@ class FastPath:
                    logits_to_keep=1, **kwargs)
         rows.cache.advance(end)
 
-    def _step(self, rows: _Rows, groups: torch.Tensor, q: int, plan: _Plan, cfg: DecodeConfig, gen=None):
+    def _step(self, rows: _Rows, q: int, plan: _Plan, cfg: DecodeConfig, gen=None):
         """One fixed-shape step: forward the q columns at the cache length, pick tokens, write them, keep stop
         flags on the device. Returns (logits of the kept columns, written tokens, which of them were open)."""
         cols = rows.cache.length + self._offsets[:q]  # canvas columns fed: the cache slot is the column
         ids = rows.tokens.index_select(1, cols)
         pos = rows.positions.index_select(2, cols)
+        groups = rows.groups
         allowed = (groups[None, :] <= groups.index_select(0, cols)[:, None])[None] & rows.key_valid[:, None, :]
         dtype = self.e.bb.dtype
         mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[:, None]  # (B, 1, q, W): W wide
@@ -249,49 +294,77 @@ class FastPath:
         new = torch.where(committed, x0, cur)
         rows.tokens.index_copy_(1, out_cols, new)
         generated = out_cols[None, :] >= rows.response_start[:, None]
-        is_eos = (torch.isin(new, self.e.eos) & generated).any(dim=1)
-        done = is_eos | (out_cols[-1] + 1 - rows.response_start >= cfg.max_new_tokens)
+        is_eos = ((new[..., None] == self.e.eos).any(dim=-1) & generated).any(dim=1)
+        done = is_eos | (out_cols[-1] + 1 >= rows.stop_col)
         rows.finished_at.copy_(torch.where(done & (rows.finished_at < 0), rows.step, rows.finished_at))
         rows.step.add_(1)
         return logits, new, committed
 
-    def _step_function(self, cfg: DecodeConfig) -> Callable:
-        """The eager step, or its compiled form (greedy only: sampling draws from a host generator)."""
-        if not self.compile or cfg.temperature > 0:
-            return self._step
+    def _run_step(self, rows: _Rows, q: int, plan: _Plan, cfg: DecodeConfig, gen):
+        """The eager step, or its captured form (greedy only: sampling draws from a host generator)."""
+        if not self.compile or cfg.temperature > 0 or self.capture_error is not None:
+            return self._step(rows, q, plan, cfg, gen)
+        key = (len(rows), rows.tokens.shape[1], q, plan, cfg.decoder)
+        try:
+            if self.backend == "cudagraph":
+                return self._graph_step(key, rows, q, plan, cfg)
+            return self._compiled_step(key, rows, q, plan, cfg)
+        except Exception as exc:  # noqa: BLE001 - any capture failure: decode on, eagerly
+            self.capture_error = f"{type(exc).__name__}: {exc}"
+            log.warning("fast path: capturing the step failed (%s); decoding eagerly", self.capture_error)
+            return self._step(rows, q, plan, cfg, gen)
+
+    def _compiled_step(self, key, rows: _Rows, q, plan, cfg):
         if self._compiled is None:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            mode = "reduce-overhead" if self.backend == "reduce-overhead" else None
             self._compiled = torch.compile(self._step, mode=mode, dynamic=False)
+        fresh = key not in self._seen
+        if fresh:
+            self._seen[key] = 1
+            t = self.e._now()
+        if self.backend == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        out = self._compiled(rows, q, plan, cfg)
+        if fresh:
+            self.compile_s += self.e._now() - t
+        return out
 
-        def run(rows: _Rows, groups, q, plan, cfg, gen):
-            shape = (len(rows), q, rows.tokens.shape[1])
-            fresh = shape not in self._seen_shapes
-            if fresh:
-                self._seen_shapes.add(shape)
-                if self.device.type == "cuda":
-                    rows.static_addresses()
-                t = self.e._now()
-            if self.device.type == "cuda":
-                torch.compiler.cudagraph_mark_step_begin()
-            out = self._compiled(rows, groups, q, plan, cfg)
-            if fresh:
+    def _graph_step(self, key, rows: _Rows, q, plan, cfg):
+        """CUDA graphs: the first step of a shape runs eagerly on a side stream (warm-up), the second is
+        captured and replayed, every later one replayed. The graph reads and writes the shape's buffers."""
+        graph = self._graphs.get(key)
+        if graph is None:
+            seen = self._seen.get(key, 0)
+            self._seen[key] = seen + 1
+            t = self.e._now()
+            if seen == 0:
+                stream = torch.cuda.Stream(self.device)
+                stream.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(stream):
+                    out = self._step(rows, q, plan, cfg)
+                torch.cuda.current_stream(self.device).wait_stream(stream)
                 self.compile_s += self.e._now() - t
-            return out
-
-        return run
+                return out
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=self._pool):
+                out = self._step(rows, q, plan, cfg)
+            self._graphs[key] = graph = (g, out)
+            self.compile_s += self.e._now() - t
+        graph[0].replay()
+        return graph[1]
 
     # ---- host side: events, stops, compaction --------------------------------------------------------
     def _emit(self, on_event, rows: _Rows, index, step, new, committed, logits, cfg, C, L, ar) -> None:
         new_l, com_l = new.tolist(), committed.tolist()
-        starts = rows.response_start.tolist()
+        starts, fin = rows.response_start.tolist(), rows.finished_at.tolist()
         for r, i in enumerate(index):
-            if i < 0 or int(rows.finished_at[r]) not in (-1, step):
+            if i < 0 or fin[r] not in (-1, step):
                 continue
             lg = logits[r].float().cpu() if cfg.record_logits else None
-            if ar:
-                on_event(DecodeEvent("step", i, step, 0, new_l[r], com_l[r], step, lg))
-            else:
-                on_event(DecodeEvent("step", i, step, 0, new_l[r], com_l[r], C + step * L - starts[r], lg))
+            offset = step if ar else C + step * L - starts[r]
+            on_event(DecodeEvent("step", i, step, 0, new_l[r], com_l[r], offset, lg))
 
     def _collect(self, rows: _Rows, index, cancel_at, results, cfg, starts, prefill_s, t_decode, plan, C, L,
                  on_event, final: bool):
@@ -322,9 +395,16 @@ class FastPath:
         cancel_at = {r: s for r, s in cancel_at.items() if index[r] >= 0}
         if live and not final and bucket(len(live)) < len(rows):
             target = bucket(len(live))
-            fillers = [r for r, i in enumerate(index) if i < 0][: target - len(live)]
-            keep = live + fillers
-            rows.select(torch.tensor(keep, device=self.device))
+            keep = live + [r for r, i in enumerate(index) if i < 0][: target - len(live)]  # fillers
+            smaller = self._rows(target, rows.tokens.shape[1], rows.positions.shape[0])
+            smaller.take(rows, torch.tensor(keep, device=self.device))
+            rows = smaller
             cancel_at = {keep.index(r): s for r, s in cancel_at.items()}
             index = [index[r] for r in keep]
-        return index, cancel_at
+        return rows, index, cancel_at
+
+
+def _to(canvas: Canvas, device: torch.device) -> Canvas:
+    return replace(canvas, tokens=canvas.tokens.to(device), key_valid=canvas.key_valid.to(device),
+                   positions=canvas.positions.to(device), groups=canvas.groups.to(device),
+                   response_start=canvas.response_start.to(device))

@@ -66,8 +66,3 @@ class CanvasKVCache(Cache):
     def rollback(self, n: int) -> None:
         """Forget the last n written slots (a denoising pass): the next forward overwrites them."""
         self.length.sub_(n)
-
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only `rows` (a smaller batch bucket): new, smaller buffers; the length is shared by all rows."""
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
