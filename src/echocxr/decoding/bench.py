@@ -58,6 +58,7 @@ class BenchOptions:
     repeats: int = 1
     rows: tuple[str, ...] = ()  # only these decoders ("" = all): hf-ar, ar, multistep, onestep-vanilla, onestep-fused
     seed: int = 0
+    strict: bool = False  # a failing row raises (tests) instead of being recorded with its error
 
     def validate(self) -> BenchOptions:
         if self.shape not in SHAPES:
@@ -80,40 +81,60 @@ class BenchOptions:
 def build_backbone(shape: str, device: str, dtype: torch.dtype, seed: int = 0) -> Backbone:
     """The built-in model, or random weights of a named shape with the built-in tokenizer (ids fit any vocab)."""
     from echocxr.backbones.builtin import model_dir_or_builtin
-    from echocxr.backbones.loading import load_backbone
 
-    builtin = load_backbone(model_dir_or_builtin(None), device=device, dtype=dtype)
-    builtin.eos_token_ids = []  # EOS ignored: every row decodes exactly new_tokens
+    model_dir = model_dir_or_builtin(None)
     if shape == "builtin":
-        return builtin
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+        from echocxr.backbones.loading import load_backbone
 
+        bb = load_backbone(model_dir, device=device, dtype=dtype)
+        bb.eos_token_ids = []  # EOS ignored: every row decodes exactly new_tokens
+        return bb
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from echocxr.backbones.loading import read_chat_template
+    from echocxr.backbones.tokenizer import MASK_TOKEN, QWEN_VL_CHAT_TEMPLATE
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = read_chat_template(Path(model_dir)) or QWEN_VL_CHAT_TEMPLATE
+    ids = json.loads((Path(model_dir) / "config.json").read_text())
+    mask_id = int(ids.get("mask_token_id") or tokenizer.convert_tokens_to_ids(MASK_TOKEN))
     text = dict(_TEXT[shape])
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     half = head_dim // 2
-    text["rope_parameters"] = {"rope_type": "default", "mrope_section": [half - 2 * (half * 3 // 8), half * 3 // 8,
-                                                                         half * 3 // 8], "rope_theta": 1e6}
+    section = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]  # 7b: [16, 24, 24] as the real model
+    text["rope_parameters"] = {"rope_type": "default", "mrope_section": section, "rope_theta": 1e6}
     text.update(max_position_embeddings=32768, rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=2, pad_token_id=0)
-    bcfg = builtin.model.config
     config = Qwen2_5_VLConfig(
         text_config=text,
         vision_config=dict(_VISION[shape], out_hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
                            temporal_patch_size=2),
-        image_token_id=bcfg.image_token_id, video_token_id=bcfg.video_token_id,
-        vision_start_token_id=bcfg.vision_start_token_id, vision_end_token_id=bcfg.vision_end_token_id,
+        image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"],
+        vision_start_token_id=ids["vision_start_token_id"], vision_end_token_id=ids["vision_end_token_id"],
         tie_word_embeddings=text["tie_word_embeddings"],
     )
-    config.mask_token_id = builtin.mask_token_id
+    config.mask_token_id = mask_id
     torch.manual_seed(seed)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, attn_implementation="sdpa", dtype=dtype)
     model.eval()
     side = _IMAGE_SIDE[shape]
-    processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=side * side)
-    return Backbone(model=model, tokenizer=builtin.tokenizer, image_processor=processor,
-                    mask_token_id=builtin.mask_token_id, eos_token_ids=[],
+    return Backbone(model=model, tokenizer=tokenizer, image_processor=_image_processor(side * side),
+                    mask_token_id=mask_id, eos_token_ids=[],
                     settings=ModelSettings(block_length=8, prefill="block_grid"), path=f"random:{shape}")
+
+
+def _image_processor(max_pixels: int):
+    try:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+            Qwen2VLImageProcessorPil as Proc,
+        )
+    except ImportError:  # older transformers 5.x: the same processor under its former name
+        from transformers import Qwen2VLImageProcessor as Proc
+    return Proc(min_pixels=28 * 28, max_pixels=max_pixels)
 
 
 def bench_image(shape: str, seed: int = 0) -> Image.Image:
@@ -253,8 +274,10 @@ def run_row(row: _Row, engine: ReportEngine, fast: FastPath, prompts, opts: Benc
     return {"row": out, "tokens": tokens}
 
 
-def run_bench(opts: BenchOptions, progress=print) -> dict:
-    """All rows at every batch size; returns {"rows": [...], "environment": {...}}."""
+def run_bench(opts: BenchOptions, progress=print, on_update=None) -> dict:
+    """All rows at every batch size; returns {"rows": [...], "environment": {...}}.
+
+    on_update(result): called after every row with the result so far (a long run keeps what it measured)."""
     opts.validate()
     torch.manual_seed(opts.seed)
     dtype = resolve_dtype(opts.dtype, opts.device)
@@ -267,32 +290,52 @@ def run_bench(opts: BenchOptions, progress=print) -> dict:
     prefill = bb.settings.prefill
     prompt = engine.encode([bench_image(opts.shape, opts.seed)])
     rows = plan_rows(opts, prefill)
-    results = []
+    env = _environment(opts, engine, fast, dtype, prompt, build_s)
+    results: list[dict] = []
+    result = {"rows": results, "environment": env}
     for B in opts.batch_sizes:
         prompts = [prompt] * B
         tokens: dict[str, list] = {}
         for row in rows:
             progress(f"bench decode: {opts.shape} batch {B}: {row.decoder} ({row.path})")
-            r = run_row(row, engine, fast, prompts, opts, timer)
+            try:
+                r = run_row(row, engine, fast, prompts, opts, timer)
+            except Exception as exc:  # noqa: BLE001 - one failing row (e.g. out of memory) must not lose the rest
+                if opts.strict:
+                    raise
+                progress(f"bench decode: {row.decoder} ({row.path}) at batch {B} failed: {type(exc).__name__}: {exc}")
+                results.append({"decoder": row.decoder, "path": row.path, "batch_size": B,
+                                "error": f"{type(exc).__name__}: {exc}"[:500]})
+                if engine.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
             key = f"{row.decoder}/{row.path}"
             tokens[key] = r["tokens"]
             if row.reference is not None and row.reference in tokens:
                 r["row"]["identical_to_reference"] = r["tokens"] == tokens[row.reference]
             results.append(r["row"])
-    env = {
+            env.update(capture_error=fast.capture_error, fast_compile_s=fast.compile_s)
+            if on_update is not None:
+                on_update(result)
+    return result
+
+
+def _environment(opts: BenchOptions, engine: ReportEngine, fast: FastPath, dtype, prompt, build_s: float) -> dict:
+    cuda = engine.device.type == "cuda"
+    return {
         "shape": opts.shape, "device": str(engine.device), "dtype": str(dtype).replace("torch.", ""),
         "batch_sizes": list(opts.batch_sizes), "new_tokens": opts.new_tokens, "block_lengths": list(opts.block_lengths),
-        "prefill": prefill, "prompt_tokens": prompt.length, "vision_tokens": int(prompt.mm_token_type_ids.sum()),
-        "parameters": sum(p.numel() for p in bb.model.parameters()), "fast_compiled": fast.compile,
-        "attention": fast.attention, "repeats": opts.repeats, "model_build_s": build_s,
+        "prefill": engine.bb.settings.prefill, "prompt_tokens": prompt.length,
+        "vision_tokens": int(prompt.mm_token_type_ids.sum()),
+        "parameters": sum(p.numel() for p in engine.model.parameters()), "fast_compiled": fast.compile,
+        "fast_backend": fast.backend if fast.compile else "eager", "attention": fast.attention,
+        "capture_error": None, "fast_compile_s": 0.0, "repeats": opts.repeats, "model_build_s": build_s,
         "torch": torch.__version__, "transformers": _transformers_version(), "python": platform.python_version(),
         "machine": platform.machine(), "cpu_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(engine.device) if engine.device.type == "cuda" else None,
+        "gpu": torch.cuda.get_device_name(engine.device) if cuda else None,
         "eos": "ignored: every sample decodes exactly new_tokens",
-        "peak_mem_note": "CUDA: max allocated in the row" if engine.device.type == "cuda"
-        else "CPU: the process's peak RSS so far (monotonic over rows)",
+        "peak_mem_note": "CUDA: max allocated in the row" if cuda else "CPU: the process's peak RSS so far (monotonic)",
     }
-    return {"rows": results, "environment": env}
 
 
 def _transformers_version() -> str:
@@ -307,7 +350,7 @@ def ratio_table(result: dict) -> str:
     lines = ["| decoder | path | batch | tokens/s | x best AR | tokens/s incl. prefill | TPF | ms/forward | "
              "peak MB | identical |", "|---|---|---:|---:|---:|---:|---:|---:|---:|:---:|"]
     for B in sorted({r["batch_size"] for r in rows}):
-        here = [r for r in rows if r["batch_size"] == B]
+        here = [r for r in rows if r["batch_size"] == B and "error" not in r]
         ours = [r["tps"] for r in here if r["decoder"] == "ar" and r["path"] != "transformers"]
         best_ar = max(ours) if ours else None
         for r in here:
@@ -316,4 +359,7 @@ def ratio_table(result: dict) -> str:
             lines.append(f"| {r['decoder']} | {r['path']} | {B} | {r['tps']:.1f} | {ratio} | "
                          f"{r['tps_with_prefill']:.1f} | {r['tpf']:.2f} | {r['ms_per_forward']:.2f} | "
                          f"{r['peak_mem_mb']:.0f} | {ident} |")
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['decoder']} | {r['path']} | {r['batch_size']} | failed: {r['error'][:120]} |")
     return "\n".join(lines)

@@ -22,7 +22,10 @@ class CanvasKVCache(Cache):
 
     def __init__(self, layers: int, batch: int, kv_heads: int, width: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device):
-        super().__init__(layers=[])
+        try:
+            super().__init__(layers=[])
+        except TypeError:  # transformers versions whose Cache takes no layers
+            super().__init__()
         shape = (batch, kv_heads, width, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
