@@ -250,3 +250,17 @@ def test_one_step_tpf_on_the_fast_path(tiny_vl_dir, images):
 
 def test_buckets():
     assert [bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 33)] == [1, 2, 4, 4, 8, 8, 16, 64]
+
+
+def test_one_fast_path_reuses_its_buffers_across_decodes(vl_engine, images):
+    """Decodes of other batch sizes, lengths and decoders in between leave no state behind."""
+    prompts = vl_prompts(vl_engine, images)
+    cfg = DecodeConfig(decoder="onestep", block_length=4, max_new_tokens=12, prefill="block_grid")
+    fast = FastPath(vl_engine, max_shapes=2)
+    first = fast.generate(prompts, cfg)
+    fast.generate(prompts[:1], replace(cfg, decoder="ar", max_new_tokens=5))
+    fast.generate(prompts[1:], replace(cfg, block_length=8, max_new_tokens=200))
+    again = fast.generate(prompts, cfg)
+    assert [o.token_ids for o in again] == [o.token_ids for o in first] == \
+        [o.token_ids for o in vl_engine.generate(prompts, cfg)]
+    assert len(fast._buffers) <= 2
