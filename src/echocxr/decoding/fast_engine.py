@@ -316,6 +316,10 @@ class FastPath:
 
     def _compiled_step(self, key, rows: _Rows, q, plan, cfg):
         if self._compiled is None:
+            # one graph per (bucket, width, queries, decoder): more than dynamo's default 8 variants
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, name):
+                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
             mode = "reduce-overhead" if self.backend == "reduce-overhead" else None
             self._compiled = torch.compile(self._step, mode=mode, dynamic=False)
         fresh = key not in self._seen
