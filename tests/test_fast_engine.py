@@ -17,7 +17,14 @@ from echocxr.backbones.loading import load_backbone
 from echocxr.decoding.engine import DecodeConfig, ReportEngine
 from echocxr.decoding.fast_engine import FastPath, bucket
 
-FAST_DECODERS = [dict(decoder="onestep", fused=True), dict(decoder="ar")]
+FAST_DECODERS = [
+    dict(decoder="onestep", fused=True),
+    dict(decoder="ar"),
+    dict(decoder="onestep", fused=False),
+    dict(decoder="multistep", steps=2, remasking="low_confidence_static"),
+    dict(decoder="multistep", steps=4, remasking="low_confidence_dynamic", threshold=0.01),
+    dict(decoder="multistep", steps=3, remasking="sequential"),
+]
 
 
 def ids(d):
@@ -190,7 +197,9 @@ def test_engine_routes_supported_configs_to_the_fast_path(vl_engine, images):
         cfg = DecodeConfig(block_length=4, max_new_tokens=8, **dec)
         assert [o.token_ids for o in engine.generate(prompts, cfg)] == \
             [o.token_ids for o in vl_engine.generate(prompts, cfg)]
-    assert calls == ["onestep", "ar"]
+    cfg = DecodeConfig(block_length=4, max_new_tokens=8, use_cache=False)
+    assert [o.token_ids for o in engine.generate(prompts, cfg)] == [o.token_ids for o in vl_engine.generate(prompts, cfg)]
+    assert calls == ["onestep", "ar", "onestep", "multistep"]  # not the recompute oracle
 
 
 @pytest.mark.parametrize("use_hook", [True, False])

@@ -1,10 +1,13 @@
-"""The fast decoding path: one-step fused block decoding (and AR) on a static cache with fixed-shape steps.
+"""The fast decoding path: one-step fused (and AR, multi-step, vanilla) decoding on a static cache, fixed-shape steps.
 
 Why beside the reference engine (engine.py, the oracle it is tested against): on a GPU the reference loop is
 bound by the host, not the weights: ~1,000 kernel launches a forward, a DynamicCache re-concatenated every
 step, two host syncs a step, a row gather whenever a sample ends. Here:
   - the KV cache is a preallocated canvas-wide buffer (static_cache.py); the fused step writes
     `[block n-1 | masks of block n]` at the cache length, then rolls the length back by L;
+  - a vanilla-cache decoder (multi-step, one-step vanilla) runs its fixed number of rounds per block with
+    no host check for "all committed" (a round with nothing masked commits nothing and is not counted),
+    then one KV-write pass;
   - a step reads its columns, mask and positions from device buffers indexed by the cache length, so every
     step of a decode has the same shapes and one captured step (torch.compile; CUDA graphs on CUDA) serves
     them all, per batch-size bucket;
@@ -13,8 +16,8 @@ step, two host syncs a step, a row gather whenever a sample ends. Here:
   - finished rows stay in the batch (their extra steps are discarded) until the live count falls to a
     smaller power-of-two bucket, then the batch is compacted once;
   - attention is the GQA function that reads each KV head once (backbones/gqa_attention.py).
-Supported: `onestep` with the fused cache, and `ar`, both with `use_cache`; anything else goes to the
-reference engine. Greedy decodes give the reference's tokens; sampled ones are seeded but draw per bucket
+Supported: every decoder with `use_cache` (one-step fused, one-step vanilla and multi-step with a KV-write
+pass per block, AR); `use_cache=False` (the recompute oracle) stays on the reference engine. Greedy decodes give the reference's tokens; sampled ones are seeded but draw per bucket
 row, so they match the reference only while no finished row lingers (always at batch size 1).
 """
 
@@ -31,7 +34,7 @@ from echocxr.backbones.prompt import EncodedPrompt
 from echocxr.decoding.engine import DecodeConfig, EventHook, ReportEngine, build_generation
 from echocxr.decoding.layout import Canvas, build_canvas
 from echocxr.decoding.results import DecodeEvent, Generation
-from echocxr.decoding.sampling import sample_tokens
+from echocxr.decoding.sampling import sample_tokens, select_transfer, transfer_schedule
 from echocxr.decoding.static_cache import CanvasKVCache
 from echocxr.diffusion.masks import canvas_mask
 
@@ -77,6 +80,8 @@ class _Plan:
     shift: int  # a logit at column c writes column c + shift (AR predicts the next token)
     rollback: int  # slots dropped after the forward (the denoised block)
     prefill_end: int  # columns [0, prefill_end) are prefilled
+    schedule: tuple[int, ...] | None = None  # vanilla cache: tokens each denoising round may commit, then a
+    # KV-write pass per block; None: one forward per block (fused) or token (AR) commits every open position
 
 
 class _Rows:
@@ -91,7 +96,9 @@ class _Rows:
         self.groups = torch.zeros(width, dtype=torch.long, device=dev)  # visibility group of each column
         self.response_start = torch.zeros(batch, dtype=torch.long, device=dev)
         self.stop_col = torch.zeros(batch, dtype=torch.long, device=dev)  # column after the last allowed token
-        self.finished_at = torch.zeros(batch, dtype=torch.long, device=dev)  # step that ended the row, or -1
+        self.finished_at = torch.zeros(batch, dtype=torch.long, device=dev)  # block that ended the row, or -1
+        self.forwards = torch.zeros(batch, dtype=torch.long, device=dev)  # denoising forwards taken part in
+        self.forwards_at = torch.zeros(batch, dtype=torch.long, device=dev)  # ... when the row ended
         self.step = torch.zeros((), dtype=torch.long, device=dev)
         self.cache = CanvasKVCache.for_model(engine.model, batch, width)
 
@@ -107,6 +114,8 @@ class _Rows:
         self.response_start.copy_(canvas.response_start)
         self.stop_col.copy_(canvas.response_start + max_new_tokens)
         self.finished_at.fill_(-1)
+        self.forwards.zero_()
+        self.forwards_at.zero_()
         self.step.zero_()
         self.cache.length.zero_()
         for t in (*self.cache.keys, *self.cache.values):
@@ -114,7 +123,7 @@ class _Rows:
 
     def take(self, other: _Rows, rows: torch.Tensor) -> None:
         """Compaction: these buffers (a smaller bucket) get `rows` of `other`, mid-decode."""
-        for name in ("tokens", "key_valid", "response_start", "stop_col", "finished_at"):
+        for name in ("tokens", "key_valid", "response_start", "stop_col", "finished_at", "forwards", "forwards_at"):
             getattr(self, name).copy_(getattr(other, name).index_select(0, rows))
         self.positions.copy_(other.positions.index_select(1, rows))
         self.groups.copy_(other.groups)
@@ -168,8 +177,6 @@ class FastPath:
     def supports(self, cfg: DecodeConfig, prompts: list[EncodedPrompt] | None = None) -> bool:
         if not cfg.use_cache:
             return False
-        if not (cfg.decoder == "ar" or (cfg.decoder == "onestep" and cfg.fused)):
-            return False
         if prompts:  # every decode starts from a prefill (the vision inputs go there)
             L = cfg.block_length
             if cfg.decoder == "ar":
@@ -202,8 +209,11 @@ class FastPath:
         canvas = _widen(canvas, self.width_multiple)
         if ar:
             plan = _Plan(first_q=1, q=1, n_out=1, shift=1, rollback=0, prefill_end=C - 1)
-        else:
+        elif cfg.decoder == "onestep" and cfg.fused:
             plan = _Plan(first_q=L, q=2 * L, n_out=L, shift=0, rollback=L, prefill_end=C)
+        else:  # multistep, or one-step with the vanilla cache
+            plan = _Plan(first_q=L, q=L, n_out=L, shift=0, rollback=L, prefill_end=C,
+                         schedule=tuple(transfer_schedule(L, cfg.steps_per_block)))
         rows = self._rows(len(prompts), canvas.tokens.shape[1], canvas.positions.shape[0])
         rows.load(_to(canvas, self.device), cfg.max_new_tokens)
         index: list[int] = list(range(len(prompts)))  # sample of each row; -1: a filler row kept for the bucket
@@ -215,23 +225,28 @@ class FastPath:
         self._prefill(rows, prompts, plan.prefill_end)
         prefill_s = e._now() - t0
         t_decode = e._now()
-        cancel_at: dict[int, int] = {}  # row -> step at which the host saw it cancelled
+        cancel_at: dict[int, tuple[int, torch.Tensor]] = {}  # row -> (block, forwards) when the host saw a cancel
         check = 1 if on_event is not None else self.check_every
-        for step in range(canvas.n_blocks):
+        rounds = plan.schedule or (None,)
+        for step in range(canvas.n_blocks):  # a block (a token for AR)
             q = plan.first_q if step == 0 else plan.q
-            logits, new, committed = self._run_step(rows, q, plan, cfg, gen)
-            if on_event is not None:
-                self._emit(on_event, rows, index, step, new, committed, logits, cfg, C, L, ar)
+            for s, k in enumerate(rounds):
+                logits, new, committed, active = self._run_step(rows, q, plan, cfg, gen, k=k,
+                                                                finish=s == len(rounds) - 1)
+                if on_event is not None:
+                    self._emit(on_event, rows, index, step, s, new, committed, active, logits, cfg, C, L, ar)
             if is_cancelled is not None:
                 for r, i in enumerate(index):
                     if i >= 0 and r not in cancel_at and bool(is_cancelled(i)):
-                        cancel_at[r] = step
+                        cancel_at[r] = (step, rows.forwards[r].clone())
             last = step == canvas.n_blocks - 1
             if last or cancel_at or (step + 1) % check == 0:
                 rows, index, cancel_at = self._collect(rows, index, cancel_at, results, cfg, starts, prefill_s,
                                                        t_decode, plan, C, L, on_event, final=last)
                 if all(i < 0 for i in index):
                     break
+            if plan.schedule is not None and not last:
+                self._run_step(rows, L, plan, cfg, gen, write=True)  # vanilla cache: write the finished block
         return [r for r in results if r is not None]
 
     def _rows(self, batch: int, width: int, axes: int) -> _Rows:
@@ -265,9 +280,12 @@ class FastPath:
                    logits_to_keep=1, **kwargs)
         rows.cache.advance(end)
 
-    def _step(self, rows: _Rows, q: int, plan: _Plan, cfg: DecodeConfig, gen=None):
+    def _step(self, rows: _Rows, q: int, plan: _Plan, cfg: DecodeConfig, gen=None, k: int | None = None,
+              finish: bool = True, write: bool = False):
         """One fixed-shape step: forward the q columns at the cache length, pick tokens, write them, keep stop
-        flags on the device. Returns (logits of the kept columns, written tokens, which of them were open)."""
+        flags on the device (`finish`: the block's last round). k: tokens this round may commit (None: every
+        open one). write: a vanilla-cache KV-write pass only.
+        Returns (logits of the kept columns, written tokens, which were committed, which rows were open)."""
         cols = rows.cache.length + self._offsets[:q]  # canvas columns fed: the cache slot is the column
         ids = rows.tokens.index_select(1, cols)
         pos = rows.positions.index_select(2, cols)
@@ -277,44 +295,58 @@ class FastPath:
         mask = torch.where(allowed, 0.0, torch.finfo(dtype).min).to(dtype)[:, None]  # (B, 1, q, W): W wide
         hidden = self._lm(input_ids=ids, attention_mask=mask, position_ids=pos if self.e.is_vision else pos[0],
                           past_key_values=rows.cache, use_cache=True).last_hidden_state
+        if write:
+            rows.cache.advance(q)
+            return None, None, None, None
         logits = self._head(hidden[:, -plan.n_out:])
         logits = logits.index_fill(-1, self.e.suppress, float("-inf"))
         rows.cache.advance(q)
         rows.cache.rollback(plan.rollback)  # a denoising pass never keeps its block's KV
-        if cfg.temperature > 0:
-            x0 = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen)[0]
+        if cfg.temperature > 0 or k is not None:
+            x0, conf, _ = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen)
         else:
             x0 = logits.argmax(dim=-1)
         out_cols = cols[-plan.n_out:] + plan.shift
         cur = rows.tokens.index_select(1, out_cols)
         if plan.shift:  # AR: the next column is always open
             committed = torch.ones_like(cur, dtype=torch.bool)
+            active = committed[:, 0]
         else:
-            committed = cur == self.e.bb.mask_token_id  # one step commits every masked position
+            masked = cur == self.e.bb.mask_token_id
+            active = masked.any(dim=1)
+            # one forward per block commits every masked position; a multi-step round follows the remasking rule
+            committed = masked if k is None else select_transfer(masked, conf, k, cfg.remasking, cfg.threshold)
         new = torch.where(committed, x0, cur)
         rows.tokens.index_copy_(1, out_cols, new)
+        rows.forwards.add_(active.long())
+        if not finish:
+            return logits, new, committed, active
         generated = out_cols[None, :] >= rows.response_start[:, None]
         is_eos = ((new[..., None] == self.e.eos).any(dim=-1) & generated).any(dim=1)
         done = is_eos | (out_cols[-1] + 1 >= rows.stop_col)
-        rows.finished_at.copy_(torch.where(done & (rows.finished_at < 0), rows.step, rows.finished_at))
+        ends = done & (rows.finished_at < 0)
+        rows.forwards_at.copy_(torch.where(ends, rows.forwards, rows.forwards_at))
+        rows.finished_at.copy_(torch.where(ends, rows.step, rows.finished_at))
         rows.step.add_(1)
-        return logits, new, committed
+        return logits, new, committed, active
 
-    def _run_step(self, rows: _Rows, q: int, plan: _Plan, cfg: DecodeConfig, gen):
+    def _run_step(self, rows: _Rows, q: int, plan: _Plan, cfg: DecodeConfig, gen, k: int | None = None,
+                  finish: bool = True, write: bool = False):
         """The eager step, or its captured form (greedy only: sampling draws from a host generator)."""
+        step = (k, finish, write)
         if not self.compile or cfg.temperature > 0 or self.capture_error is not None:
-            return self._step(rows, q, plan, cfg, gen)
-        key = (len(rows), rows.tokens.shape[1], q, plan, cfg.decoder)
+            return self._step(rows, q, plan, cfg, gen, *step)
+        key = (len(rows), rows.tokens.shape[1], q, plan, cfg.decoder, cfg.remasking, cfg.threshold, *step)
         try:
             if self.backend == "cudagraph":
-                return self._graph_step(key, rows, q, plan, cfg)
-            return self._compiled_step(key, rows, q, plan, cfg)
+                return self._graph_step(key, rows, q, plan, cfg, step)
+            return self._compiled_step(key, rows, q, plan, cfg, step)
         except Exception as exc:  # noqa: BLE001 - any capture failure: decode on, eagerly
             self.capture_error = f"{type(exc).__name__}: {exc}"
             log.warning("fast path: capturing the step failed (%s); decoding eagerly", self.capture_error)
-            return self._step(rows, q, plan, cfg, gen)
+            return self._step(rows, q, plan, cfg, gen, *step)
 
-    def _compiled_step(self, key, rows: _Rows, q, plan, cfg):
+    def _compiled_step(self, key, rows: _Rows, q, plan, cfg, step):
         if self._compiled is None:
             # one graph per (bucket, width, queries, decoder): more than dynamo's default 8 variants
             for name in ("recompile_limit", "cache_size_limit"):
@@ -328,12 +360,12 @@ class FastPath:
             t = self.e._now()
         if self.backend == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        out = self._compiled(rows, q, plan, cfg)
+        out = self._compiled(rows, q, plan, cfg, None, *step)
         if fresh:
             self.compile_s += self.e._now() - t
         return out
 
-    def _graph_step(self, key, rows: _Rows, q, plan, cfg):
+    def _graph_step(self, key, rows: _Rows, q, plan, cfg, step):
         """CUDA graphs: the first step of a shape runs eagerly on a side stream (warm-up), the second is
         captured and replayed, every later one replayed. The graph reads and writes the shape's buffers."""
         graph = self._graphs.get(key)
@@ -345,7 +377,7 @@ class FastPath:
                 stream = torch.cuda.Stream(self.device)
                 stream.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(stream):
-                    out = self._step(rows, q, plan, cfg)
+                    out = self._step(rows, q, plan, cfg, None, *step)
                 torch.cuda.current_stream(self.device).wait_stream(stream)
                 self.compile_s += self.e._now() - t
                 return out
@@ -353,44 +385,44 @@ class FastPath:
                 self._pool = torch.cuda.graph_pool_handle()
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=self._pool):
-                out = self._step(rows, q, plan, cfg)
+                out = self._step(rows, q, plan, cfg, None, *step)
             self._graphs[key] = graph = (g, out)
             self.compile_s += self.e._now() - t
         graph[0].replay()
         return graph[1]
 
     # ---- host side: events, stops, compaction --------------------------------------------------------
-    def _emit(self, on_event, rows: _Rows, index, step, new, committed, logits, cfg, C, L, ar) -> None:
-        new_l, com_l = new.tolist(), committed.tolist()
+    def _emit(self, on_event, rows: _Rows, index, block, rnd, new, committed, active, logits, cfg, C, L, ar) -> None:
+        new_l, com_l, act = new.tolist(), committed.tolist(), active.tolist()
         starts, fin = rows.response_start.tolist(), rows.finished_at.tolist()
         for r, i in enumerate(index):
-            if i < 0 or fin[r] not in (-1, step):
+            if i < 0 or not act[r] or fin[r] not in (-1, block):
                 continue
             lg = logits[r].float().cpu() if cfg.record_logits else None
-            offset = step if ar else C + step * L - starts[r]
-            on_event(DecodeEvent("step", i, step, 0, new_l[r], com_l[r], offset, lg))
+            offset = block if ar else C + block * L - starts[r]
+            on_event(DecodeEvent("step", i, block, rnd, new_l[r], com_l[r], offset, lg))
 
     def _collect(self, rows: _Rows, index, cancel_at, results, cfg, starts, prefill_s, t_decode, plan, C, L,
                  on_event, final: bool):
         """Sync once: turn finished or cancelled rows into results, compact to a smaller bucket if it pays."""
-        fin = rows.finished_at.tolist()
+        fin, fwd = rows.finished_at.tolist(), rows.forwards_at.tolist()
         ended = []
         for r, i in enumerate(index):
             if i < 0:
                 continue
             f = fin[r] if fin[r] >= 0 else None
-            c = cancel_at.get(r)
+            c = cancel_at[r][0] if r in cancel_at else None
             if f is None and c is None:
                 continue
-            end = min(s for s in (f, c) if s is not None)
-            ended.append((r, i, end, c is not None and (f is None or c <= f)))
+            cancelled = c is not None and (f is None or c <= f)
+            ended.append((r, i, c if cancelled else f, int(cancel_at[r][1]) if cancelled else fwd[r], cancelled))
         if ended:
             now = self.e._now()
             tokens = rows.tokens.cpu()
-            for r, i, end, cancelled in ended:
+            for r, i, end, forwards, cancelled in ended:
                 decoded_end = C + (end + 1) * (1 if plan.shift else L)
                 row = tokens[r, starts[i]:decoded_end].tolist()
-                g = build_generation(self.e, cfg, row, end + 1, prefill_s, now - t_decode, cancelled)
+                g = build_generation(self.e, cfg, row, forwards, prefill_s, now - t_decode, cancelled)
                 results[i] = g
                 index[r] = -1
                 if on_event is not None:
