@@ -36,3 +36,5 @@ def test_bench_decode_bad_input_is_one_line(capsys):
     assert "unknown shape" in err and len(err.splitlines()) == 1
     assert main(["bench", "decode", "--batch-sizes", "1,x"]) == 2
     assert "--batch-sizes" in capsys.readouterr().err
+    assert main(["bench", "decode", "--device", "tpu"]) == 2
+    assert "unknown device" in capsys.readouterr().err

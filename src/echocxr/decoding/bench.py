@@ -71,6 +71,8 @@ class BenchOptions:
             raise UserError("--block-lengths must be in 1..64")
         if self.repeats < 1:
             raise UserError("--repeats must be at least 1")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise UserError(f"unknown device {self.device!r} (use cpu or cuda[:N])")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"device {self.device!r} requested but CUDA is not available")
         return self

@@ -17,8 +17,9 @@ step, two host syncs a step, a row gather whenever a sample ends. Here:
     smaller power-of-two bucket, then the batch is compacted once;
   - attention is the GQA function that reads each KV head once (backbones/gqa_attention.py).
 Supported: every decoder with `use_cache` (one-step fused, one-step vanilla and multi-step with a KV-write
-pass per block, AR); `use_cache=False` (the recompute oracle) stays on the reference engine. Greedy decodes give the reference's tokens; sampled ones are seeded but draw per bucket
-row, so they match the reference only while no finished row lingers (always at batch size 1).
+pass per block, AR); `use_cache=False` (the recompute oracle) stays on the reference engine. Greedy decodes
+give the reference's tokens; sampled ones are seeded but draw per bucket row, so they match the reference
+only while no finished row lingers (always at batch size 1).
 """
 
 from __future__ import annotations
