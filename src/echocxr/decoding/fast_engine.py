@@ -24,7 +24,6 @@ only while no finished row lingers (always at batch size 1).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -37,9 +36,8 @@ from echocxr.decoding.layout import Canvas, build_canvas
 from echocxr.decoding.results import DecodeEvent, Generation
 from echocxr.decoding.sampling import sample_tokens, select_transfer, transfer_schedule
 from echocxr.decoding.static_cache import CanvasKVCache
+from echocxr.decoding.step_capture import StepCapture
 from echocxr.diffusion.masks import canvas_mask
-
-log = logging.getLogger(__name__)
 
 
 def default_compile(device: torch.device | str) -> bool:
@@ -138,10 +136,9 @@ class _Rows:
 class FastPath:
     """Decodes the configs it `supports` for a ReportEngine (set as `engine.fast_path`, or call directly).
 
-    compile: capture the fixed-shape step (None: on CUDA only). backend: how, "auto" = CUDA graphs of the eager
-    step on CUDA (no compile time: a capture costs one step) and torch.compile (inductor) on CPU;
-    "inductor" / "reduce-overhead" force torch.compile with that mode. A capture that fails falls back to
-    the eager step with a warning (`self.capture_error`).
+    compile: capture the fixed-shape step (None: on CUDA only); backend: how (step_capture.py: "auto" = CUDA
+    graphs on CUDA, torch.compile/inductor on CPU). A capture that fails falls back to the eager step with a
+    warning (`capture_error`).
     """
 
     def __init__(self, engine: ReportEngine, compile: bool | None = None, check_every: int = 4,
@@ -151,13 +148,7 @@ class FastPath:
         self.model = engine.model
         self.device = engine.device
         self.compile = default_compile(self.device) if compile is None else compile
-        if backend == "auto":
-            backend = "cudagraph" if self.device.type == "cuda" else "inductor"
-        if backend not in ("cudagraph", "inductor", "reduce-overhead"):
-            raise ValueError(f"unknown backend {backend!r} (auto, cudagraph, inductor, reduce-overhead)")
-        if backend == "cudagraph" and self.device.type != "cuda":
-            backend = "inductor"
-        self.backend = backend
+        self._capture = StepCapture(self._step, self.device, backend)
         self.check_every = max(1, check_every)
         self.attention = attention
         self.width_multiple = width_multiple  # canvas widths are rounded up: one graph serves many lengths
@@ -167,12 +158,19 @@ class FastPath:
         self._head = self.model.lm_head
         self._offsets = torch.arange(128, device=self.device)  # a step feeds at most 2L <= 128 columns
         self._buffers: dict[tuple[int, int], _Rows] = {}
-        self._graphs: dict[tuple, tuple] = {}
-        self._seen: dict[tuple, int] = {}
-        self._compiled: Callable | None = None
-        self._pool = None
-        self.compile_s = 0.0  # wall time of the steps that compiled or captured a shape
-        self.capture_error: str | None = None
+
+    @property
+    def backend(self) -> str:
+        return self._capture.backend
+
+    @property
+    def compile_s(self) -> float:
+        """Wall time of the steps that compiled or captured a shape."""
+        return self._capture.compile_s
+
+    @property
+    def capture_error(self) -> str | None:
+        return self._capture.error
 
     # ---- routing -------------------------------------------------------------------------------------
     def supports(self, cfg: DecodeConfig, prompts: list[EncodedPrompt] | None = None) -> bool:
@@ -254,11 +252,11 @@ class FastPath:
         key = (batch, width)
         rows = self._buffers.pop(key, None)
         if rows is None or rows.positions.shape[0] != axes:
-            self._graphs = {k: v for k, v in self._graphs.items() if k[:2] != key}
+            self._capture.forget(lambda k: k[:2] == key)
             while len(self._buffers) >= self.max_shapes:  # forget the oldest shape and its graphs
                 old = next(iter(self._buffers))
                 del self._buffers[old]
-                self._graphs = {k: v for k, v in self._graphs.items() if k[:2] != old}
+                self._capture.forget(lambda k, old=old: k[:2] == old)
             rows = _Rows(self.e, batch, width, axes)
         self._buffers[key] = rows  # most recent last
         return rows
@@ -335,62 +333,10 @@ class FastPath:
                   finish: bool = True, write: bool = False):
         """The eager step, or its captured form (greedy only: sampling draws from a host generator)."""
         step = (k, finish, write)
-        if not self.compile or cfg.temperature > 0 or self.capture_error is not None:
+        if not self.compile or cfg.temperature > 0:
             return self._step(rows, q, plan, cfg, gen, *step)
         key = (len(rows), rows.tokens.shape[1], q, plan, cfg.decoder, cfg.remasking, cfg.threshold, *step)
-        try:
-            if self.backend == "cudagraph":
-                return self._graph_step(key, rows, q, plan, cfg, step)
-            return self._compiled_step(key, rows, q, plan, cfg, step)
-        except Exception as exc:  # noqa: BLE001 - any capture failure: decode on, eagerly
-            self.capture_error = f"{type(exc).__name__}: {exc}"
-            log.warning("fast path: capturing the step failed (%s); decoding eagerly", self.capture_error)
-            return self._step(rows, q, plan, cfg, gen, *step)
-
-    def _compiled_step(self, key, rows: _Rows, q, plan, cfg, step):
-        if self._compiled is None:
-            # one graph per (bucket, width, queries, decoder): more than dynamo's default 8 variants
-            for name in ("recompile_limit", "cache_size_limit"):
-                if hasattr(torch._dynamo.config, name):
-                    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
-            mode = "reduce-overhead" if self.backend == "reduce-overhead" else None
-            self._compiled = torch.compile(self._step, mode=mode, dynamic=False)
-        fresh = key not in self._seen
-        if fresh:
-            self._seen[key] = 1
-            t = self.e._now()
-        if self.backend == "reduce-overhead":
-            torch.compiler.cudagraph_mark_step_begin()
-        out = self._compiled(rows, q, plan, cfg, None, *step)
-        if fresh:
-            self.compile_s += self.e._now() - t
-        return out
-
-    def _graph_step(self, key, rows: _Rows, q, plan, cfg, step):
-        """CUDA graphs: the first step of a shape runs eagerly on a side stream (warm-up), the second is
-        captured and replayed, every later one replayed. The graph reads and writes the shape's buffers."""
-        graph = self._graphs.get(key)
-        if graph is None:
-            seen = self._seen.get(key, 0)
-            self._seen[key] = seen + 1
-            t = self.e._now()
-            if seen == 0:
-                stream = torch.cuda.Stream(self.device)
-                stream.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(stream):
-                    out = self._step(rows, q, plan, cfg, None, *step)
-                torch.cuda.current_stream(self.device).wait_stream(stream)
-                self.compile_s += self.e._now() - t
-                return out
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self._pool):
-                out = self._step(rows, q, plan, cfg, None, *step)
-            self._graphs[key] = graph = (g, out)
-            self.compile_s += self.e._now() - t
-        graph[0].replay()
-        return graph[1]
+        return self._capture(key, rows, q, plan, cfg, None, *step)
 
     # ---- host side: events, stops, compaction --------------------------------------------------------
     def _emit(self, on_event, rows: _Rows, index, block, rnd, new, committed, active, logits, cfg, C, L, ar) -> None:
