@@ -2,7 +2,8 @@
 
 Every equivalence the reference engine is tested on (test_engine.py) is checked here with the fast path on one
 side: cache vs recompute, fused vs vanilla, batch vs alone with mixed prompt lengths, per-sample <eos>,
-cancellation, block lengths 4 and 8, both prefill modes. Tokens must be equal and step logits within 1e-5.
+cancellation, block lengths 4 and 8, both prefill modes, for every decoder the fast path takes (one-step fused and
+vanilla, multi-step with each remasking rule, AR). Tokens must be equal and step logits within 1e-5.
 """
 
 from __future__ import annotations
