@@ -1,4 +1,5 @@
-"""`echocxr bench train-flops`: RAD vs full-duplication training cost, computed and measured."""
+"""`echocxr bench train-flops`: RAD vs full-duplication training cost, computed and measured.
+`echocxr bench decode`: every decoder side by side in one run (echocxr.decoding.bench)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     f.add_argument("--measure", action="store_true", help="also time a training step of each layout")
     f.add_argument("--model", help="--measure with this model directory (default: a small Qwen2 built here)")
     f.add_argument("--repeats", type=int, default=3)
+    d = sub.add_parser("decode", help="decoding speed of every decoder in one run, random weights of a shape")
+    d.add_argument("--shape", default="builtin", help="builtin (the packaged model) | 0.5b | 7b")
+    d.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    d.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16")
+    d.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,8,32 (default 1)")
+    d.add_argument("--new-tokens", type=int, default=128, help="tokens each sample decodes (EOS ignored)")
+    d.add_argument("--block-lengths", default="4,8", help="block lengths of the diffusion rows (default 4,8)")
+    d.add_argument("--rows", default="", help="only these rows (comma-separated): hf-ar, ar, multistep, "
+                   "onestep-vanilla, onestep-fused (their reference rows come along); default all")
+    d.add_argument("--repeats", type=int, default=1, help="timed runs per row after a warm-up; the best counts")
+    d.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the fast path's step (default: on CUDA yes, on CPU no)")
+    d.add_argument("--out", metavar="FILE.json", help="write the json here (and the table next to it, .md)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.what == "decode":
+        return run_decode(args)
     from echocxr.diffusion.flops import QWEN2_5_VL_7B, compare
     from echocxr.errors import UserError
 
@@ -75,3 +91,44 @@ def measure_step(args: argparse.Namespace) -> dict:
         result[f"tokens_{layout}"] = int(batch.input_ids.shape[1])
     result["speedup"] = result["step_s_full"] / result["step_s_rad"]
     return result
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    from echocxr.errors import UserError
+
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise UserError(f"{flag} is empty")
+    return values
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from echocxr.decoding.bench import BenchOptions, ratio_table, run_bench
+    from echocxr.errors import UserError
+
+    known = ("hf-ar", "ar", "multistep", "onestep-vanilla", "onestep-fused")
+    rows = tuple(r.strip() for r in args.rows.split(",") if r.strip())
+    if any(r not in known for r in rows):
+        raise UserError(f"--rows: unknown row in {args.rows!r} (use: {', '.join(known)})")
+    opts = BenchOptions(shape=args.shape, device=args.device, dtype=args.dtype,
+                        batch_sizes=_int_list(args.batch_sizes, "--batch-sizes"), new_tokens=args.new_tokens,
+                        block_lengths=_int_list(args.block_lengths, "--block-lengths"), compile=args.compile,
+                        repeats=args.repeats, rows=rows)
+    result = run_bench(opts, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    result["environment"]["command"] = "echocxr bench decode " + " ".join(sys.argv[sys.argv.index("decode") + 1:]) \
+        if "decode" in sys.argv else None
+    table = ratio_table(result)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        out.with_suffix(".md").write_text(table + "\n")
+        print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+    return 0

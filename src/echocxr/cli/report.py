@@ -23,6 +23,12 @@ def add_decode_arguments(p: argparse.ArgumentParser, model_args: bool = True) ->
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
+                   help="static-cache fast path for one-step fused and AR decoding (default on; --no-fast: the "
+                        "reference engine)")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the fast path's fixed-shape step (default: on CUDA yes, on CPU no: compiling "
+                        "takes longer than a one-off CPU report)")
     m = p.add_argument_group("model")
     if model_args:
         m.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -48,7 +54,12 @@ def load_engine(model_dir: str, args: argparse.Namespace):
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     device = resolve_device(args.device)
-    return ReportEngine(load_backbone(model_dir, device=device, dtype=args.dtype, attn_implementation=args.attn))
+    engine = ReportEngine(load_backbone(model_dir, device=device, dtype=args.dtype, attn_implementation=args.attn))
+    if getattr(args, "fast", False):
+        from echocxr.decoding.fast_engine import FastPath
+
+        engine.fast_path = FastPath(engine, compile=getattr(args, "compile", None))
+    return engine
 
 
 def resolve_device(device: str) -> str:

@@ -126,6 +126,7 @@ class ReportEngine:
         self.pad_id = backbone.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = backbone.eos_token_ids[0] if backbone.eos_token_ids else 0
+        self.fast_path = None  # a decoding.fast_engine.FastPath: takes the configs it supports (see generate)
 
     # ---- public API -------------------------------------------------------------------------------
     def default_config(self, **overrides) -> DecodeConfig:
@@ -167,6 +168,8 @@ class ReportEngine:
         cfg.validate()
         if not prompts:
             return []
+        if self.fast_path is not None and self.fast_path.supports(cfg, prompts):
+            return self.fast_path.generate(prompts, cfg, on_event=on_event, is_cancelled=is_cancelled)
         mode = "ar" if cfg.decoder == "ar" else cfg.prefill
         rope = self._rope_index if self.is_vision else None
         canvas = build_canvas(prompts, mode, cfg.block_length, cfg.max_new_tokens,
@@ -330,29 +333,37 @@ class _Finisher:
 
     def _result(self, r: int, now: float, decoded_end: int, cancelled: bool = False) -> Generation:
         """The sample's response: columns decoded so far (up to `decoded_end`), cut at max_new_tokens/<eos>."""
-        b, cfg = self.batch, self.cfg
+        b = self.batch
         start = int(b.response_start[r])
-        row = b.tokens[r, start:decoded_end].tolist()
-        eos_set = set(self.e.bb.eos_token_ids)
-        stop = "cancelled" if cancelled else "length"
-        cut = min(len(row), cfg.max_new_tokens)
-        for j, t in enumerate(row[:cut]):
-            if t in eos_set:
-                stop, cut = "eos", j
-                break
-        ids = row[:cut]
-        gen = Generation(
-            text=self.e.bb.tokenizer.decode(ids, skip_special_tokens=True).strip(),
-            token_ids=ids,
-            tokens=cut + (1 if stop == "eos" else 0),
-            forwards=int(b.forwards[r]),
-            prefill_s=self.prefill_s,
-            decode_s=now - self.t_decode,
-            stop=stop,
-            decoder=cfg.decoder,
-            block_length=1 if cfg.decoder == "ar" else cfg.block_length,
-            warnings=self.e.request_warnings(b.prompts[int(b.index[r])], cfg),  # set before "done" streams it
-        )
+        gen = build_generation(self.e, self.cfg, b.tokens[r, start:decoded_end].tolist(), int(b.forwards[r]),
+                               self.prefill_s, now - self.t_decode, cancelled,
+                               warnings=self.e.request_warnings(b.prompts[int(b.index[r])], self.cfg))  # before "done"
         if self.on_event is not None:
             self.on_event(DecodeEvent("done", int(b.index[r]), -1, -1, [], [], generation=gen))
         return gen
+
+
+def build_generation(engine: ReportEngine, cfg: DecodeConfig, row: list[int], forwards: int, prefill_s: float,
+                     decode_s: float, cancelled: bool = False, warnings: list[str] | None = None) -> Generation:
+    """One sample's Generation from its decoded response columns, cut at max_new_tokens or the first <eos>
+    (shared by the reference engine and the fast path, so both stop and count alike)."""
+    eos_set = set(engine.bb.eos_token_ids)
+    stop = "cancelled" if cancelled else "length"
+    cut = min(len(row), cfg.max_new_tokens)
+    for j, t in enumerate(row[:cut]):
+        if t in eos_set:
+            stop, cut = "eos", j
+            break
+    ids = row[:cut]
+    return Generation(
+        text=engine.bb.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+        token_ids=ids,
+        tokens=cut + (1 if stop == "eos" else 0),
+        forwards=forwards,
+        prefill_s=prefill_s,
+        decode_s=decode_s,
+        stop=stop,
+        decoder=cfg.decoder,
+        block_length=1 if cfg.decoder == "ar" else cfg.block_length,
+        warnings=list(warnings or []),
+    )
