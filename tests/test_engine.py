@@ -21,16 +21,6 @@ DECODERS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
-def vl_engine(request, tiny_vl_dir):
-    return ReportEngine(load_backbone(tiny_vl_dir, attn_implementation=request.param))
-
-
-@pytest.fixture(scope="module")
-def text_engine(tiny_text_dir):
-    return ReportEngine(load_backbone(tiny_text_dir, attn_implementation="sdpa"))
-
-
 def vl_prompts(engine, images):
     return [engine.encode([images[0]]), engine.encode([images[1], images[2]], lang="zh"), engine.encode([images[2]])]
 

@@ -17,6 +17,7 @@ from echocxr.backbones.gqa_attention import GQA_ATTENTION, gqa_attention_forward
 from echocxr.backbones.loading import load_backbone
 from echocxr.decoding.engine import DecodeConfig, ReportEngine
 from echocxr.decoding.fast_engine import FastPath, bucket
+from tests.test_engine import vl_prompts
 
 FAST_DECODERS = [
     dict(decoder="onestep", fused=True),
@@ -30,20 +31,6 @@ FAST_DECODERS = [
 
 def ids(d):
     return "-".join(str(v) for v in d.values())
-
-
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
-def vl_engine(request, tiny_vl_dir):
-    return ReportEngine(load_backbone(tiny_vl_dir, attn_implementation=request.param))
-
-
-@pytest.fixture(scope="module")
-def text_engine(tiny_text_dir):
-    return ReportEngine(load_backbone(tiny_text_dir, attn_implementation="sdpa"))
-
-
-def vl_prompts(engine, images):
-    return [engine.encode([images[0]]), engine.encode([images[1], images[2]], lang="zh"), engine.encode([images[2]])]
 
 
 def run_recorded(generate, prompts, cfg, **kw):

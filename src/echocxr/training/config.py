@@ -100,8 +100,8 @@ RECIPES: dict[str, dict[str, dict]] = {
                   tiny_model=dict(hidden=128, layers=4, heads=4, vision_hidden=96, vision_depth=2, vocab_size=1536),
                   phantoms=dict(n=9600, seed=0, image_size=224, splits=(0.95, 0.025, 0.025))),
         "vision": dict(max_steps=1700, batch_size=32, micro_batch_size=32, warmup_steps=100),
-        "ar": dict(max_steps=3000, freeze_vision=True),
-        "rad": dict(max_steps=1500, lr=1e-3),
+        "ar": dict(max_steps=3000, freeze_vision=True, label_weight=1.0),
+        "rad": dict(max_steps=1200, lr=1e-3),
         "dcd": dict(max_steps=600, lr=5e-4, max_examples=1000),
     },
     # one GPU, each stage within 20 minutes on an H100
