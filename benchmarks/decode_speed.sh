@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Batch-1 decoding speed (the paper's setting) of the demo run's models on the CXR-Phantom test split, CPU:
+# Batch-1 decoding speed (the paper's setting) of a training run's models on the CXR-Phantom test split, CPU:
 # AR vs multi-step vs one-step with the vanilla and the fused block cache.
-#   bash benchmarks/decode_speed.sh [RUN_DIR]     (RUN_DIR from scripts/train_demo_model.sh, default runs/demo)
+#   bash benchmarks/decode_speed.sh [RUN_DIR] [BLOCK_LENGTH]   (RUN_DIR from scripts/train_builtin_model.sh,
+#   default runs/builtin, block length 8; the previous built-in model's run was runs/demo with block length 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=${1:-runs/demo}
+RUN=${1:-runs/builtin}
+L=${2:-8}
 E=.venv/bin/echocxr
 DATA=$(ls -d "$RUN"/phantoms-* | head -1)
 OUT=benchmarks/results/decode_speed
 EV="--manifest $DATA/test_en.json --max-new-tokens 256 --gen-batch-size 1 --metrics speed,rouge_l"
 $E eval --model "$RUN/ar/final"  --decoder ar $EV --out "$RUN/speed/ar"
-$E eval --model "$RUN/rad/final" --decoder multistep --steps 4 --threshold 0.9 $EV --out "$RUN/speed/rad-multistep"
+$E eval --model "$RUN/rad/final" --decoder multistep --steps $L --threshold 0.9 $EV --out "$RUN/speed/rad-multistep"
 $E eval --model "$RUN/dcd/final" --decoder onestep --no-fused $EV --out "$RUN/speed/dcd-onestep-vanilla"
 $E eval --model "$RUN/dcd/final" --decoder onestep $EV --out "$RUN/speed/dcd-onestep-fused"
 mkdir -p "$OUT"
 $E eval --summaries "$RUN/speed/ar" "$RUN/speed/rad-multistep" "$RUN/speed/dcd-onestep-vanilla" \
   "$RUN/speed/dcd-onestep-fused" --reference-row ar --table-out "$OUT/table.md"
 for d in ar rad-multistep dcd-onestep-vanilla dcd-onestep-fused; do cp "$RUN/speed/$d/summary.json" "$OUT/summary-$d.json"; done
-echo "bash benchmarks/decode_speed.sh $RUN" > "$OUT/COMMAND"
+echo "bash benchmarks/decode_speed.sh $RUN $L" > "$OUT/COMMAND"

@@ -1,4 +1,4 @@
-"""The built-in model: a small Qwen2.5-VL trained by echocxr on CXR-Phantom (scripts/train_demo_model.sh)."""
+"""The built-in model: a small Qwen2.5-VL trained by echocxr on CXR-Phantom (scripts/train_builtin_model.sh)."""
 
 from __future__ import annotations
 
@@ -26,5 +26,5 @@ def builtin_model_dir() -> str:
 
     if not (BUILTIN_MODEL_DIR / "config.json").is_file():
         raise UserError(f"no built-in model at {BUILTIN_MODEL_DIR}: pass --model DIR "
-                        "(or train the built-in one with scripts/train_demo_model.sh)")
+                        "(or train the built-in one with scripts/train_builtin_model.sh)")
     return str(BUILTIN_MODEL_DIR)
