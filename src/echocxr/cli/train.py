@@ -9,7 +9,7 @@ from echocxr.training.config import RECIPES, STAGES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("stage", choices=STAGES, help="ar | rad | dcd | dparallel | cd4lm | d3llm | t3d")
+    p.add_argument("stage", choices=STAGES, help="vision (label pretraining of the tower) | ar | rad | dcd | dparallel | cd4lm | d3llm | t3d")
     p.add_argument("--config", default="phantom-tiny",
                    help=f"a named recipe ({', '.join(RECIPES)}) or a YAML file (default: phantom-tiny)")
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, final/)")
