@@ -45,7 +45,7 @@ def main(run: Path, model_dir: Path) -> None:
         recipe=("Recipe `phantom-builtin` on 2 CPU cores (`bash scripts/train_builtin_model.sh`): vision "
                 "pretraining 1,700 steps (multi-label BCE through a linear read-out of the flattened tokens; "
                 f"validation label AUROC {vision.get('label_auroc_macro', '–')}, F1 micro "
-                f"{vision.get('label_f1_micro', '–')}), AR 3,000 steps with the tower frozen and the label term (weight 1), RAD 1,200, DCD 600 "
+                f"{vision.get('label_f1_micro', '–')}), AR 3,000 steps with the tower frozen and the label term (weight 1), RAD 1,000, DCD 500 "
                 "on the teacher's trajectories of 1,000 studies per language."),
         metrics=metrics,
         limits=("English and Chinese CXR-Phantom reports only; other images get an out-of-domain notice.",),
