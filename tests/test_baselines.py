@@ -141,7 +141,7 @@ def setup(tokenizer):
         prompt_ids = torch.tensor([5 + k, 40, 41, 42 + k, 43])
         examples.append(TrainExample(prompt=EncodedPrompt(prompt_ids, torch.zeros_like(prompt_ids)),
                                      response_ids=toks, sample_id=sid))
-        trajs[sid] = Trajectory(sample_id=sid, tokens=toks, index=torch.tensor(toks)[:, None],
+        trajs[f"{sid}#en"] = Trajectory(sample_id=sid, tokens=toks, index=torch.tensor(toks)[:, None],
                                 probs=torch.ones(len(toks), 1), steps=torch.tensor(steps[sid]))
     cfg = TrainConfig(block_length=L, mixed_precision="no", seed=3)
     return model, PromptPositions(model, False), ids, cfg, trajs, examples

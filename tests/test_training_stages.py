@@ -115,7 +115,7 @@ def reference_trajectories(examples, block_length: int, eos: int, vocab: int, se
         R = len(toks)
         logits = torch.randn(R, vocab, generator=g)
         logits[torch.arange(R), torch.tensor(toks)] += 8.0
-        out[e.sample_id] = Trajectory(sample_id=e.sample_id, tokens=toks, index=torch.arange(vocab).expand(R, -1),
+        out[e.key] = Trajectory(sample_id=e.sample_id, tokens=toks, index=torch.arange(vocab).expand(R, -1),
                                       probs=torch.softmax(logits, -1).half(),
                                       steps=torch.randint(1, block_length + 1, (R,), generator=g))
     return out

@@ -90,14 +90,14 @@ def test_trajectories_equal_the_engine_multistep_decode(teacher, tau):
     assert 0 < len(finished) < len(examples), [g.stop for g in gens]
     assert stats == {"kept": len(finished) - len(looped), "dropped_unfinished": len(examples) - len(finished),
                      "dropped_loop": len(looped)}
-    assert set(trajs) == {examples[i].sample_id for i in finished if i not in looped}
+    assert set(trajs) == {examples[i].key for i in finished if i not in looped}
     eos = engine.bb.eos_token_ids[0]
     V = engine.model.get_output_embeddings().weight.shape[0]
     rounds = []  # rounds each kept block took
     for i, e in enumerate(examples):
-        if e.sample_id not in trajs:
+        if e.key not in trajs:
             continue
-        t, g = trajs[e.sample_id], gens[i]
+        t, g = trajs[e.key], gens[i]
         R = len(t.tokens)
         assert R % L == 0 and R == -(-(len(g.token_ids) + 1) // L) * L  # whole blocks, up to the <eos> block
         assert t.tokens[:len(g.token_ids)] == g.token_ids and t.tokens[len(g.token_ids)] == eos
@@ -143,7 +143,7 @@ def test_repetition_loop_examples_are_dropped(teacher, monkeypatch):
     n_victims = sum(gens[i].token_ids == victim for i in finished)
     assert stats["dropped_loop"] == n_victims >= 1
     assert stats["kept"] == len(finished) - n_victims and len(trajs) == stats["kept"]
-    assert examples[finished[0]].sample_id not in trajs
+    assert examples[finished[0]].key not in trajs
 
 
 def test_unfinished_examples_are_dropped(teacher):
@@ -237,7 +237,7 @@ def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):
         toks = torch.randint(20, 300, (R,), generator=g).tolist()
         toks[R - 3] = eos
         logits = torch.randn(R, V, generator=g) * 2
-        trajs[e.sample_id] = Trajectory(e.sample_id, toks, torch.arange(V).expand(R, -1),
+        trajs[e.key] = Trajectory(e.sample_id, toks, torch.arange(V).expand(R, -1),
                                         torch.softmax(logits, -1).half(),
                                         torch.randint(1, L + 1, (R,), generator=g))
         examples.append(e)
@@ -246,7 +246,7 @@ def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):
     def by_hand(sw: bool, eos_ce: float) -> float:
         per = []
         for e in examples:
-            t = trajs[e.sample_id]
+            t = trajs[e.key]
             P, R = e.prompt.length, len(t.tokens)
             kl = torch.zeros(R)
             ce = torch.zeros(R)
@@ -329,3 +329,19 @@ def test_ranks_decode_their_share_and_read_one_joined_cache_entry(teacher, tiny_
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [Path(s_one["path"]).name]  # parts removed
     again, s_again = load_or_collect(*args, max_new_tokens=MAX_NEW, progress=False, rank=1, world=2)
     assert s_again["cached"] is True and list(again) == list(one)
+
+
+def test_a_study_in_two_languages_keeps_both_trajectories(teacher):
+    """A bilingual set holds each study once per language under one sample_id: each language's decode must
+    stay its own trajectory (keying by sample_id alone trained English students on Chinese trajectories)."""
+    engine, examples = teacher
+    e = examples[0]
+    pair = [TrainExample(prompt=engine.encode([_image(0, 64, 64)], lang=lang), response_ids=[], sample_id="same",
+                         language=lang) for lang in ("en", "zh")]
+    trajs, stats = collect_trajectories(engine, pair, L, 0.9, max_new_tokens=MAX_NEW, progress=False)
+    assert e.key != pair[0].key and pair[0].key != pair[1].key
+    gens, _ = engine_reference(engine, pair, 0.9)
+    for p, g in zip(pair, gens, strict=True):
+        if g.stop == "eos" and not has_repetition_loop(g.token_ids):
+            assert trajs[p.key].tokens[:len(g.token_ids)] == g.token_ids
+    assert len(trajs) == stats["kept"]

@@ -22,6 +22,11 @@ class TrainExample:
     language: str = "en"
     labels: tuple[str, ...] = ()  # finding labels of the study (vision pretraining)
 
+    @property
+    def key(self) -> str:
+        """Unique per training example: a bilingual set holds each study once per language (same sample_id)."""
+        return f"{self.sample_id}#{self.language}"
+
 
 @dataclass
 class ExampleStats:

@@ -135,7 +135,7 @@ class TrajectoryObjective:
         self.positions, self.ids, self.is_vision, self.cfg, self.traj = positions, ids, is_vision, cfg, trajectories
 
     def trajectories(self, examples) -> list[Trajectory]:
-        return [self.traj[e.sample_id] for e in examples]
+        return [self.traj[e.key] for e in examples]
 
     def batch(self, prompts: list, clean: list[list[int]], masks: list[list[bool]]) -> SequenceBatch:
         noisy = [[self.ids.mask if m else t for t, m in zip(c, mk, strict=True)] for c, mk in zip(clean, masks, strict=True)]

@@ -184,12 +184,12 @@ def run_stage(req: StageRequest) -> dict:
                                     cfg.trajectory_topk, cfg.max_response_tokens, progress=False, **shard)
         model.train()
         del engine
-        train = [e for e in train if e.sample_id in trajs]
+        train = [e for e in train if e.key in trajs]
         if len(train) < cfg.batch_size:
             raise UserError(f"the teacher finished only {st['kept']} of {st['kept'] + st['dropped_unfinished'] + st['dropped_loop']} "
                             f"training examples ({st['dropped_unfinished']} unfinished, {st['dropped_loop']} in repetition "
                             f"loops): too few for a batch of {cfg.batch_size}; train the teacher longer")
-        val = [e for e in val if e.sample_id in vtrajs]
+        val = [e for e in val if e.key in vtrajs]
         trajs.update(vtrajs)
         extra["trajectories"] = st
         clock.lap("trajectories_s")

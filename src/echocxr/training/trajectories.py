@@ -89,7 +89,7 @@ def collect_trajectories(engine: ReportEngine, examples: list, block_length: int
             R = max(slots) + 1
             if R % block_length or sorted(slots) != list(range(R)):
                 raise RuntimeError("teacher trajectory has gaps: every slot of every block must be committed")
-            out[e.sample_id] = Trajectory(
+            out[e.key] = Trajectory(
                 sample_id=e.sample_id,
                 tokens=[slots[j][0] for j in range(R)],
                 index=torch.stack([slots[j][1] for j in range(R)]),
@@ -110,7 +110,7 @@ def trajectory_key(teacher_dir: str, examples: list, block_length: int, tau: flo
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     for e in examples:
-        h.update(e.sample_id.encode())
+        h.update(e.key.encode())
         h.update(bytes(str(e.prompt.input_ids.tolist()[-8:]), "utf8"))
     return h.hexdigest()[:16]
 
@@ -147,7 +147,7 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
     if rank == 0:  # its own part is in memory: it reads the others' only, and keeps the joined entry
         shares = [{"trajectories": trajs, "stats": stats}] + [torch.load(p, weights_only=False) for p in parts[1:]]
         joined = {k: v for share in shares for k, v in share["trajectories"].items()}
-        trajs = {e.sample_id: joined[e.sample_id] for e in examples if e.sample_id in joined}
+        trajs = {e.key: joined[e.key] for e in examples if e.key in joined}
         stats = {k: sum(share["stats"][k] for share in shares) for k in stats}
         _save_atomic({"trajectories": trajs, "stats": stats, **entry}, path)
         for p in parts[1:]:
