@@ -25,6 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-sw", action="store_true", help="DCD ablation: no step-wise weighting")
     p.add_argument("--eos-ce", type=float, help="DCD: weight of the extra <eos> CE (0 = off)")
     p.add_argument("--rkl", action="store_true", help="DCD ablation: reverse KL")
+    p.add_argument("--label-weight", type=float,
+                   help="AR: weight of the finding-label BCE on the language model's states (0 = off)")
     p.add_argument("--seed", type=int)
     p.add_argument("--fsdp", action="store_true",
                    help="shard parameters, gradients and optimizer state over the processes (torchrun/accelerate launch)")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.stage, args.config, block_length=args.block_length, max_steps=args.max_steps,
                       lr=args.lr, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                       layout=args.layout, sw=False if args.no_sw else None, eos_ce=args.eos_ce,
-                      rkl=True if args.rkl else None, seed=args.seed,
+                      rkl=True if args.rkl else None, seed=args.seed, label_weight=args.label_weight,
                       fsdp=True if args.fsdp else None)
     summary = run_stage(StageRequest(stage=args.stage, cfg=cfg, out=Path(args.out),
                                      from_dir=Path(args.from_dir) if args.from_dir else None,
