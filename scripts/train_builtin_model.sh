@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Train the built-in model: vision pretraining -> AR -> RAD -> DCD on CXR-Phantom (English + Chinese, block
-# length 8, CPU), evaluate every stage and decoder on the 240 test studies per language, install the DCD model
-# as the package's built-in model and keep the evidence in benchmarks/results/builtin_model/.
-#   bash scripts/train_builtin_model.sh [RUN_DIR]      (default runs/builtin; about 2 hours on 2 CPU cores)
+# length 8, CPU), evaluate every stage and decoder on the 240 test studies per language and keep the evidence
+# in benchmarks/results/builtin_model/; with INSTALL=1 also install the DCD model as the package's built-in
+# model (not done for the committed run: its English one-step reports are not coherent yet, see STUDY.md).
+#   bash scripts/train_builtin_model.sh [RUN_DIR]      (default runs/builtin; about 1.5 hours on 2 CPU cores)
 # Resumable: a finished stage (RUN_DIR/<stage>/final) is skipped, an interrupted one continues from its last
 # checkpoint, a finished evaluation (summary.json) is not run again.
 set -euo pipefail
@@ -38,10 +39,8 @@ for lang in en zh; do
     "$RUN/eval/dcd-onestep-$lang" --reference-row "ar-$lang" --table-out "$RUN/eval/table_$lang.md" \
     --plot-out "$RUN/eval/quality_vs_tpf_$lang.png"
 done
-# install as the built-in model and keep the evidence
+# keep the evidence (and, with INSTALL=1, install the DCD model as the built-in model)
 OUTDIR=benchmarks/results/builtin_model
-rm -rf src/echocxr/assets/demo_model && mkdir -p src/echocxr/assets
-cp -r "$RUN/dcd/final" src/echocxr/assets/demo_model
 mkdir -p $OUTDIR
 for lang in en zh; do
   cp "$RUN/eval/table_$lang.md" "$RUN/eval/quality_vs_tpf_$lang.png" $OUTDIR/
@@ -50,4 +49,9 @@ for lang in en zh; do
   done
 done
 for s in vision ar rad dcd; do cp "$RUN/$s/summary.json" "$OUTDIR/train-$s.json"; done
+.venv/bin/python scripts/write_builtin_card.py "$RUN" "$RUN/dcd/final"
+if [ "${INSTALL:-0}" = 1 ]; then
+  rm -rf src/echocxr/assets/demo_model && mkdir -p src/echocxr/assets
+  cp -r "$RUN/dcd/final" src/echocxr/assets/demo_model
+fi
 echo "bash scripts/train_builtin_model.sh $RUN" > $OUTDIR/COMMAND

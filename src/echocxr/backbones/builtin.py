@@ -1,4 +1,4 @@
-"""The built-in model: a small Qwen2.5-VL trained by echocxr on CXR-Phantom (scripts/train_builtin_model.sh)."""
+"""The built-in model: a small Qwen2.5-VL trained by echocxr on CXR-Phantom (scripts/train_demo_model.sh; scripts/train_builtin_model.sh trains its bilingual block-8 successor)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`echocxr demo`: the README's first command. Writes a report for a CXR-Phantom study with the built-in model.
 
 The built-in model is a small Qwen2.5-VL trained by echocxr itself on CXR-Phantom (AR -> RAD -> DCD,
-`scripts/train_builtin_model.sh`) and shipped in the package; it decodes a block of tokens per forward.
+`scripts/train_demo_model.sh`) and shipped in the package; it decodes a block of tokens per forward.
 The demo prints the study's true findings, the findings the report states, whether they match, and
 the report's validity against the phantom grammar; `--card` prints the model card instead.
 """

@@ -81,7 +81,7 @@ RECIPES: dict[str, dict[str, dict]] = {
         "rad": dict(max_steps=300, lr=1e-3),
         "dcd": dict(max_steps=150, lr=5e-4),
     },
-    # the previous built-in model (English, block 4; benchmarks/results/previous_builtin_model): CPU, ~30 min
+    # the built-in model (scripts/train_demo_model.sh): English, block 4, CPU, about 30 minutes
     "phantom-demo": {
         "*": dict(batch_size=16, micro_batch_size=16, lr=2e-3, warmup_steps=30, log_every=20, eval_every=250,
                   save_every=250, eval_examples=32, mixed_precision="no", block_length=4,
