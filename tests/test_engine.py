@@ -199,7 +199,11 @@ def test_cancelled_sample_leaves_the_batch(vl_engine, images):
     assert [outs[0].token_ids, outs[2].token_ids] == [full[0].token_ids, full[2].token_ids]
 
 
-def test_cancelled_ar_sample_keeps_only_decoded_tokens(vl_engine, images):
+@pytest.mark.parametrize("path", ["reference", "fast"])
+def test_cancelled_ar_sample_keeps_only_decoded_tokens(vl_engine, images, path):
+    from echocxr.decoding.fast_engine import FastPath
+
+    generate = vl_engine.generate if path == "reference" else FastPath(vl_engine).generate
     prompts = vl_prompts(vl_engine, images)
     cfg = DecodeConfig(decoder="ar", max_new_tokens=12)
     full = vl_engine.generate(prompts, cfg)
@@ -209,7 +213,7 @@ def test_cancelled_ar_sample_keeps_only_decoded_tokens(vl_engine, images):
         if ev.kind == "step":
             steps[ev.sample] = steps.get(ev.sample, 0) + 1
 
-    outs = vl_engine.generate(prompts, cfg, on_event=hook, is_cancelled=lambda i: i == 0 and steps.get(0, 0) >= 3)
+    outs = generate(prompts, cfg, on_event=hook, is_cancelled=lambda i: i == 0 and steps.get(0, 0) >= 3)
     assert len(full[0].token_ids) > 3  # the uncancelled decode goes on past the cancel point
     assert outs[0].stop == "cancelled" and outs[0].forwards == 3
     assert outs[0].token_ids == full[0].token_ids[:3] and outs[0].tokens == 3

@@ -213,22 +213,6 @@ def test_fast_cancelled_sample_leaves_the_batch(vl_engine, images, use_hook):
     assert [outs[0].token_ids, outs[2].token_ids] == [full[0].token_ids, full[2].token_ids]
 
 
-def test_fast_cancelled_ar_sample_keeps_only_decoded_tokens(vl_engine, images):
-    prompts = vl_prompts(vl_engine, images)
-    cfg = DecodeConfig(decoder="ar", max_new_tokens=12)
-    full = vl_engine.generate(prompts, cfg)
-    steps = {}
-
-    def hook(ev):
-        if ev.kind == "step":
-            steps[ev.sample] = steps.get(ev.sample, 0) + 1
-
-    outs = FastPath(vl_engine).generate(prompts, cfg, on_event=hook,
-                                        is_cancelled=lambda i: i == 0 and steps.get(0, 0) >= 3)
-    assert outs[0].stop == "cancelled" and outs[0].forwards == 3
-    assert outs[0].token_ids == full[0].token_ids[:3] and outs[0].tokens == 3
-
-
 def test_fast_sampling_at_batch_one_equals_reference(vl_engine, images):
     prompts = vl_prompts(vl_engine, images)[:1]
     cfg = DecodeConfig(decoder="onestep", block_length=4, max_new_tokens=12, temperature=1.0, top_k=20, top_p=0.9,
