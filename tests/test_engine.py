@@ -21,6 +21,16 @@ DECODERS = [
 ]
 
 
+def set_sample_specific_eos(bb, prompts, cfg) -> None:
+    """Make `bb`'s <eos> a token that the first sample produces and some other sample does not."""
+    bb.eos_token_ids = []
+    free = ReportEngine(bb).generate(prompts, cfg)
+    seen = [set(o.token_ids) for o in free]
+    candidates = [t for t in free[0].token_ids[2:] if any(t not in s for s in seen[1:])]
+    assert candidates, "the fixture model should produce sample-specific tokens"
+    bb.eos_token_ids = [candidates[0]]
+
+
 def vl_prompts(engine, images):
     return [engine.encode([images[0]]), engine.encode([images[1], images[2]], lang="zh"), engine.encode([images[2]])]
 
@@ -97,16 +107,11 @@ def test_per_sample_eos_in_a_batch(tiny_vl_dir, images):
     engine = ReportEngine(bb)
     prompts = vl_prompts(engine, images)
     cfg = DecodeConfig(decoder="onestep", block_length=4, max_new_tokens=16, prefill="response_aligned")
-    bb.eos_token_ids = []
-    free = ReportEngine(bb).generate(prompts, cfg)
-    seen = [set(o.token_ids) for o in free]
-    candidates = [t for t in free[0].token_ids[2:] if any(t not in s for s in seen[1:])]
-    assert candidates, "the fixture model should produce sample-specific tokens"
-    bb.eos_token_ids = [candidates[0]]
+    set_sample_specific_eos(bb, prompts, cfg)
     engine = ReportEngine(bb)
     batched = engine.generate(prompts, cfg)
     alone = [engine.generate([p], cfg)[0] for p in prompts]
-    assert batched[0].stop == "eos" and candidates[0] not in batched[0].token_ids
+    assert batched[0].stop == "eos" and bb.eos_token_ids[0] not in batched[0].token_ids
     assert "length" in {o.stop for o in batched}
     assert [o.token_ids for o in batched] == [o.token_ids for o in alone]
     assert [o.forwards for o in batched] == [o.forwards for o in alone]

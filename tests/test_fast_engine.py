@@ -17,7 +17,7 @@ from echocxr.backbones.gqa_attention import GQA_ATTENTION, gqa_attention_forward
 from echocxr.backbones.loading import load_backbone
 from echocxr.decoding.engine import DecodeConfig, ReportEngine
 from echocxr.decoding.fast_engine import FastPath, bucket
-from tests.test_engine import vl_prompts
+from tests.test_engine import set_sample_specific_eos, vl_prompts
 
 FAST_DECODERS = [
     dict(decoder="onestep", fused=True),
@@ -152,12 +152,7 @@ def eos_engine(tiny_vl_dir, images, cfg, n_prompts=3):
     bb = load_backbone(tiny_vl_dir)
     pool = [[images[0]], [images[1], images[2]], [images[2]], [images[1]], [images[0], images[2]]]
     prompts = [ReportEngine(bb).encode(v, lang="zh" if i % 2 else "en") for i, v in enumerate(pool[:n_prompts])]
-    bb.eos_token_ids = []
-    free = ReportEngine(bb).generate(prompts, cfg)
-    seen = [set(o.token_ids) for o in free]
-    candidates = [t for t in free[0].token_ids[2:] if any(t not in s for s in seen[1:])]
-    assert candidates, "the fixture model should produce sample-specific tokens"
-    bb.eos_token_ids = [candidates[0]]
+    set_sample_specific_eos(bb, prompts, cfg)
     return ReportEngine(bb), prompts
 
 
