@@ -7,12 +7,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/builtin}
 L=${2:-8}
+TEACHER=${TEACHER:-rad-continued}  # the DCD teacher (rad in the previous built-in model's run, runs/demo)
 E=.venv/bin/echocxr
 DATA=$(ls -d "$RUN"/phantoms-* | head -1)
 OUT=benchmarks/results/decode_speed
 EV="--manifest $DATA/test_en.json --max-new-tokens 256 --gen-batch-size 1 --metrics speed,rouge_l"
 $E eval --model "$RUN/ar/final"  --decoder ar $EV --out "$RUN/speed/ar"
-$E eval --model "$RUN/rad/final" --decoder multistep --steps $L --threshold 0.9 $EV --out "$RUN/speed/rad-multistep"
+$E eval --model "$RUN/$TEACHER/final" --decoder multistep --steps $L --remasking low_confidence_dynamic --threshold 0.9 $EV --out "$RUN/speed/rad-multistep"
 $E eval --model "$RUN/dcd/final" --decoder onestep --no-fused $EV --out "$RUN/speed/dcd-onestep-vanilla"
 $E eval --model "$RUN/dcd/final" --decoder onestep $EV --out "$RUN/speed/dcd-onestep-fused"
 mkdir -p "$OUT"
