@@ -20,14 +20,14 @@ from echocxr.metrics.base import MetricResult
 
 # summary key -> column title, in table order; higher is better unless listed in LOWER_IS_BETTER
 COLUMNS: dict[str, str] = {
-    "tpf": "TPF", "tps": "TPS", "rouge_l": "ROUGE-L", "meteor": "METEOR", "bleu4": "BLEU-4", "cider": "CIDEr",
+    "tpf": "TPF", "tps": "TPS", "rouge_1": "ROUGE-1", "rouge_2": "ROUGE-2", "rouge_l": "ROUGE-L", "meteor": "METEOR", "bleu4": "BLEU-4", "cider": "CIDEr",
     "ratescore": "RaTE", "semscore": "SemScore", "finding_f1_micro": "F1 micro", "finding_f1_macro": "F1 macro",
     "report_validity": "Valid rep.", "sentence_validity": "Valid sent.", "repeated_statements": "Repeats",
     "missing_statements": "Missing", "unexpected_statements": "Unexpected", "ppl": "PPL",
 }
 LOWER_IS_BETTER = {"ppl", "repeated_statements", "missing_statements", "unexpected_statements"}
 QUALITY_FOR_PLOT = ("rouge_l", "ratescore", "semscore", "cider", "report_validity", "sentence_validity")
-_PERCENT_KEYS = ("rouge_l", "ratescore", "semscore", "meteor", "bleu4", "report_validity", "sentence_validity")
+_PERCENT_KEYS = ("rouge_1", "rouge_2", "rouge_l", "ratescore", "semscore", "meteor", "bleu4", "report_validity", "sentence_validity")
 
 
 def _scale(value: float | None, percent: bool) -> float | None:
