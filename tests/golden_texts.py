@@ -61,3 +61,31 @@ def fuzz_lines(n: int = 3000, seed: int = 11) -> list[str]:
                 toks.append(rng.choice(words) + rng.choice(PUNCT) + (rng.choice(words) if rng.random() < 0.5 else ""))
         lines.append("".join(t + (" " if rng.random() < 0.8 else "") for t in toks).lower())
     return lines
+
+
+def iu_rate_texts() -> list[str]:
+    """What the official RaTEScore reads for each IU report: `Findings: {f} Impression: {i}`."""
+    return [f"Findings: {r['findings']} Impression: {r['impression']}" for r in iu_reports()]
+
+
+def phantom_rate_texts(studies: int = 60) -> list[str]:
+    from echocxr.data.phantom import phantom_reports
+
+    return [f"Findings: {r.findings} Impression: {r.impression}" if r.language == "en"
+            else f"所见：{r.findings} 结论：{r.impression}" for r in phantom_reports(0, studies)]
+
+
+def synthetic_rate_texts(seed: int = 5) -> list[str]:
+    """Harder text made of IU reports: lower-cased, and re-punctuated with "!", "?", "..", list numbers,
+    titles, new lines."""
+    rng = random.Random(seed)
+    reports = iu_reports()
+    out = [f"Findings: {r['findings']} Impression: {r['impression']}".lower() for r in rng.sample(reports, 400)]
+    for r in rng.sample(reports, 300):
+        sentences = [s.strip() for s in (r["findings"] + " " + r["impression"]).split(".") if s.strip()]
+        text = ""
+        for k, s in enumerate(sentences):
+            text += s + rng.choice([". ", "! ", "? ", "; ", ".. ", " . ", ". \n", ".\n\n", f". {k + 1}. ",
+                                    f". {k + 1}) ", ". Dr. Smith said. ", ". e.g. "])
+        out.append("Findings: " + text)
+    return out

@@ -92,9 +92,12 @@ def test_equal_cosines_are_broken_as_torch_topk_breaks_them():
     assert got == pytest.approx(0.7 * NEG_WEIGHT)
 
 
-def test_sentence_split_drops_empty_and_short_pieces():
+def test_sentence_split_is_pyrush_s():
+    # outputs of medspacy 1.3.1's PyRuSH on the same strings (more in tests/test_sentences.py)
     assert split_sentences("Heart normal. No effusion.\n\nOK 1.5 cm nodule. . a.") == [
-        "Heart normal.", "No effusion.", "OK 1.5 cm nodule."]
+        "Heart normal.", "No effusion.", "OK 1.5 cm nodule. . a."]
+    assert split_sentences("Findings: 1. Cardiomegaly. 2. Small effusion. Impression: Stable.") == [
+        "Findings: 1.", "Cardiomegaly.", "2. Small effusion.", "Impression: Stable."]
 
 
 # ---------------------------------------------------------------------------- RaTEScore: tiny models

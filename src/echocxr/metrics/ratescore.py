@@ -1,8 +1,8 @@
 """RaTEScore, positive-only variant used by ECHO (ECHO-SPEC §7), around pluggable local models.
 
 Pipeline per report pair:
-1. Sentences (a rule-based splitter; the official code uses medspacy's PyRuSH, which we do not ship;
-   sentences without words or shorter than 3 characters are dropped, as there).
+1. Sentences as medspacy's PyRuSH cuts them in the official code (`echocxr.metrics.sentences`, equal to
+   it on real reports; sentences without words or shorter than 3 characters are dropped, as there).
 2. NER with a token-classification model (official: RaTE-NER-Deberta), labels B-/I- of ABNORMALITY,
    NON-ABNORMALITY, DISEASE, NON-DISEASE, ANATOMY and O; spans are decoded from the argmax labels by
    the official state machine (`decode_spans`), entity text = tokenizer.convert_tokens_to_string(span).
@@ -19,12 +19,12 @@ The pure logic (span decoding, weighting, fallback) lives in plain functions tes
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from echocxr.errors import UserError
 from echocxr.metrics.base import MetricResult, SampleMeanMetric, check_pairs
+from echocxr.metrics.sentences import split_sentences
 
 ENTITY_TYPES = ("ABNORMALITY", "NON-ABNORMALITY", "DISEASE", "NON-DISEASE", "ANATOMY")
 
@@ -106,19 +106,6 @@ def decode_spans(tokens: Sequence[str], labels: Sequence[str],
     if start is not None and end is None:
         spans.append((start, len(tokens) - 2, etype or ""))
     return spans
-
-
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Rule-based sentence split (stand-in for medspacy PyRuSH); drops pieces without words or < 3 chars."""
-    out = []
-    for piece in _SENTENCE_BREAK.split(text):
-        piece = piece.strip()
-        if piece.split() and len(piece) >= 3:
-            out.append(piece)
-    return out
 
 
 def best_match(row: Sequence[float]) -> int:
@@ -250,5 +237,6 @@ class RaTEScore(SampleMeanMetric):
         return MetricResult(
             self.name, per_sample, self.aggregate(per_sample),
             info={"ner": str(self.ner_path), "encoder": str(self.encoder_path), "variant": "positive-only (ECHO)",
+                  "sentences": "PyRuSH rules (medspacy 1.3.1), re-implemented",
                   "note": "official scores English text (Chinese reports are translated first)"},
             sample_extra={"ratescore_hyp_entities": hyp_entities, "ratescore_ref_entities": ref_entities})
