@@ -117,6 +117,14 @@ def test_chinese_official_json_without_language_is_scored_as_chinese(tmp_path):
     assert summary["rouge_l"] > 40  # scored as English it would be about 0
 
 
+def test_help_says_which_protocol_reproduces_the_paper(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--protocol {official,raw}" in text and "official (default)" in text
+    assert "reproduces the paper's tables" in text
+
+
 def test_a_language_outside_en_zh_is_a_one_line_error(tmp_path, capsys):
     manifest = [{"sample_id": "a", "images": [], "ground_truth": {"findings": "x", "impression": "y"}, "language": "fr"}]
     (tmp_path / "m.json").write_text(json.dumps(manifest))

@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="output folder for per_sample.jsonl and summary.json")
     parser.add_argument("--name", help="row name of this run in tables (default: the --out folder name)")
     parser.add_argument("--metrics", metavar="LIST",
-                        help="comma-separated: rouge_l,meteor,bleu4,cider,finding_f1,coherence,semscore,ratescore,ppl,"
+                        help="comma-separated: rouge_1,rouge_2,rouge_l,meteor,bleu4,cider,finding_f1,coherence,semscore,"
+                             "ratescore,ppl,"
                              "speed (default: the text metrics + semscore, coherence on CXR-Phantom, plus "
                              "ratescore/ppl when their models are given)")
     parser.add_argument("--protocol", choices=("official", "raw"), default="official",
