@@ -29,24 +29,48 @@ def table(run: Path, lang: str) -> str:
     return "\n".join(lines)
 
 
-def main(run: Path, model_dir: Path) -> None:
+def _config(run: Path, stage_dir: str) -> dict:
+    return json.loads((run / stage_dir / "train_config.json").read_text())
+
+
+def recipe_text(run: Path, stage_dirs: list[str]) -> str:
+    """The recipe as the run's own train_config.json files record it (never a hand-written step count)."""
     vision = json.loads((run / "vision" / "summary.json").read_text()).get("val_labels", {})
+    parts = []
+    for d in stage_dirs:
+        c = _config(run, d)
+        steps = f"{c['max_steps']:,} steps"
+        if c["stage"] == "vision":
+            parts.append(f"vision pretraining {steps} (multi-label BCE through a linear read-out of the flattened "
+                         f"tokens; validation label AUROC {vision.get('label_auroc_macro', '–')}, F1 micro "
+                         f"{vision.get('label_f1_micro', '–')})")
+        elif c["stage"] == "ar":
+            parts.append(f"AR {steps} (tower {'frozen' if c['freeze_vision'] else 'trained'}, label term weight "
+                         f"{c['label_weight']:g})")
+        elif c["stage"] == "rad":
+            parts.append(f"RAD {steps} at lr {c['lr']:g} (block length {c['block_length']})")
+        else:
+            parts.append(f"{c['stage'].upper()} {steps} on the teacher's trajectories of {c['max_examples']:,} studies "
+                         f"per language (tau {c['tau']:g}, step-wise weights {'on' if c['sw'] else 'off'}, "
+                         f"<eos> CE weight {c['eos_ce']:g})")
+    return "; ".join(parts) + "."
+
+
+def main(run: Path, model_dir: Path, stage_dirs: list[str]) -> None:
+    block = _config(run, stage_dirs[-1])["block_length"]
     metrics = "\n\n".join(f"Phantom test split, {name} (240 studies; benchmarks/results/builtin_model):\n\n{table(run, lang)}"
                           for lang, name in (("en", "English"), ("zh", "Chinese")))
     write_model_card(
         model_dir,
-        title="echocxr built-in model (CXR-Phantom, bilingual, DCD one-step, block length 8)",
+        title=f"echocxr built-in model (CXR-Phantom, bilingual, DCD one-step, block length {block})",
         summary=("A small Qwen2.5-VL (4-layer 128-wide language model, 2-layer 96-wide vision tower, 16 vision "
                  "tokens per 112 px image, 1.5k-token vocabulary) trained by echocxr on CXR-Phantom: vision "
-                 "pretraining on the finding labels -> AR SFT -> RAD -> DCD; it decodes each block of 8 tokens "
-                 "in one forward pass."),
+                 "pretraining on the finding labels -> AR SFT -> RAD -> DCD; it decodes each block of "
+                 f"{block} tokens in one forward pass."),
         data=("CXR-Phantom seed 0: 9,600 studies (9,120 train / 240 val / 240 test), frontal views rendered at "
               "224 px and fed at 112 px, normalised reports in English and Chinese (one model for both)."),
-        recipe=("Recipe `phantom-builtin` on 2 CPU cores (`bash scripts/train_builtin_model.sh`): vision "
-                "pretraining 1,700 steps (multi-label BCE through a linear read-out of the flattened tokens; "
-                f"validation label AUROC {vision.get('label_auroc_macro', '–')}, F1 micro "
-                f"{vision.get('label_f1_micro', '–')}), AR 3,000 steps with the tower frozen and the label term (weight 1), RAD 1,000, DCD 500 "
-                "on the teacher's trajectories of 1,000 studies per language."),
+        recipe="Recipe `phantom-builtin` on 2 CPU cores (`bash scripts/train_builtin_model.sh`): "
+               + recipe_text(run, stage_dirs),
         metrics=metrics,
         limits=("English and Chinese CXR-Phantom reports only; other images get an out-of-domain notice.",),
         sections={"Command": "bash scripts/train_builtin_model.sh"},
@@ -54,6 +78,6 @@ def main(run: Path, model_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python scripts/write_builtin_card.py RUN_DIR MODEL_DIR")
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    if len(sys.argv) < 4:
+        sys.exit("usage: python scripts/write_builtin_card.py RUN_DIR MODEL_DIR STAGE_DIR... (in training order)")
+    main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])
