@@ -88,10 +88,13 @@ def test_eval_end_to_end_on_real_reports(tmp_path, metric_models):
         assert isinstance(summary[key], float), key
     assert summary["device"] == "cpu" and summary["metric_info"]["semscore"]["encoder"] == "enc"
     assert summary["metric_info"]["finding_f1"]["labeler"] == "chexpert"
-    # the summary is the mean of the per-sample column for per-sample metrics, in percent
+    # the summary is the mean of the per-sample column for per-sample metrics, in percent; the default
+    # (official) protocol scores the rebuilt "Finding: .. Impression: .." string
+    assert summary["protocol"] == "official" and summary["n_parse_failed"] == 0
     refs = {r["sample_id"]: f"Findings: {r['ground_truth']['findings']} Impression: {r['ground_truth']['impression']}."
             for r in records}
-    expected = 100 * sum(rouge_l(row["hypothesis"], refs[row["sample_id"]]) for row in rows) / 24
+    expected = 100 * sum(rouge_l(row["scored_hypothesis"], refs[row["sample_id"]]) for row in rows) / 24
+    assert all(row["scored_hypothesis"].startswith("Finding: ") for row in rows)
     assert summary["rouge_l"] == pytest.approx(expected, abs=1e-9)
     for key in ("rouge_l", "semscore", "ratescore", "ppl"):
         assert summary[key] == pytest.approx(sum(r["scores"][key] for r in rows) / 24, abs=1e-9)
@@ -149,14 +152,17 @@ def test_drop_empty_follows_the_official_script(tmp_path, capsys):
     rows = [json.loads(line) for line in preds.read_text().splitlines()]
     rows[1]["report"] = ""
     preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for flag, out in (([], "kept"), (["--drop-empty"], "dropped")):
+    for flag, out in (([], "kept"), (["--drop-empty"], "dropped"), (["--protocol", "official"], "official")):
         assert main(["eval", "--predictions", str(preds), "--manifest", str(manifest), "--out", str(tmp_path / out),
-                     "--metrics", "rouge_l", *flag]) == 0
+                     "--metrics", "rouge_l", *(flag if out == "official" else ["--protocol", "raw", *flag])]) == 0
     kept = json.loads((tmp_path / "kept" / "summary.json").read_text())
     dropped = json.loads((tmp_path / "dropped" / "summary.json").read_text())
     assert (kept["n_samples"], kept["n_empty_reports"]) == (3, 1)
     assert (dropped["n_samples"], dropped["n_dropped_empty"]) == (2, 1)
     assert dropped["rouge_l"] == pytest.approx(kept["rouge_l"] * 3 / 2)  # the empty one scored 0
+    # the full official pipeline rebuilds an empty output to "Finding:  Impression: " and scores it
+    empty = [json.loads(x) for x in (tmp_path / "official" / "per_sample.jsonl").read_text().splitlines()][1]
+    assert empty["scored_hypothesis"] == "Finding:  Impression: " and empty["scores"]["rouge_l"] > 0
 
 
 def test_model_source_generates_then_scores(tmp_path, tiny_vl_dir, capsys):
@@ -195,7 +201,8 @@ def test_summaries_are_combined_into_table_and_plot(tmp_path, capsys):
     assert main(["eval", "--summaries", str(tmp_path / "ar"), str(tmp_path / "blk8"), "--table-out", str(table),
                  "--plot-out", str(plot), "--reference-row", "ar"]) == 0
     text = table.read_text()
-    assert "| blk8 | 8.00 (+700.0%) | 250.0 (+400.0%) | 45.00 (-10.0%) | 1.50 (-25.0%) |" in text
+    # summaries written before protocols existed were scored as written: the table says "raw"
+    assert "| blk8 | raw | 8.00 (+700.0%) | 250.0 (+400.0%) | 45.00 (-10.0%) | 1.50 (-25.0%) |" in text
     assert plot.read_bytes()[:4] == b"\x89PNG"
     assert text.splitlines()[0] in capsys.readouterr().out
 

@@ -155,8 +155,8 @@ SUMMARIES = [
 def test_markdown_table_relative_to_a_reference_row():
     table = markdown_table(SUMMARIES, reference_row="ECHO-AR")
     lines = table.splitlines()
-    assert lines[0] == "| model | TPF | TPS | ROUGE-L | RaTE | SemScore | PPL |"
-    assert lines[2].startswith("| ECHO-AR | 1.00 | 53.7 | 56.89 | 59.18 |")
+    assert lines[0] == "| model | protocol | TPF | TPS | ROUGE-L | RaTE | SemScore | PPL |"
+    assert lines[2].startswith("| ECHO-AR | raw | 1.00 | 53.7 | 56.89 | 59.18 |")  # no protocol field: raw
     assert "55.21 (-3.0%)" in lines[3] and "8.00 (+700.0%)" in lines[3] and lines[3].endswith("| - |")
     assert "41.39 (-27.2%)" in lines[4] and "25.00 (+25.0%)" in lines[4]
     assert "relative to ECHO-AR" in table

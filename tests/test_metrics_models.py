@@ -13,9 +13,11 @@ from echocxr.metrics import get_metric  # noqa: E402
 from echocxr.metrics.ratescore import (  # noqa: E402
     EMPTY_SIDE_SCORE,
     NEG_WEIGHT,
+    best_match,
     decode_spans,
     echo_weights,
     pair_score,
+    side_score,
     split_sentences,
 )
 from tests.conftest_metrics import (  # noqa: E402
@@ -77,9 +79,25 @@ def test_pair_score_hand_computed():
     assert pair_score([[1.0]], ["ANATOMY"], ["ANATOMY"]) == 0.0
 
 
-def test_sentence_split_drops_empty_and_short_pieces():
+def test_equal_cosines_are_broken_as_torch_topk_breaks_them():
+    import torch
+
+    # five keys, the first two equally similar: on CPU torch.topk(k=1) returns index 1, not 0
+    row = [0.7, 0.7, 0.1, 0.2, 0.3]
+    assert int(torch.topk(torch.tensor(row), 1).indices[0]) == best_match(row) == 1
+    # the two tied keys have different types, so the tie decides the score: DISEASE -> NON-DISEASE (index 1)
+    # carries the negation penalty
+    types_k = ["DISEASE", "NON-DISEASE", "ANATOMY", "ANATOMY", "ANATOMY"]
+    got = side_score([row], ["DISEASE"], types_k, echo_weights())
+    assert got == pytest.approx(0.7 * NEG_WEIGHT)
+
+
+def test_sentence_split_is_pyrush_s():
+    # outputs of medspacy 1.3.1's PyRuSH on the same strings (more in tests/test_sentences.py)
     assert split_sentences("Heart normal. No effusion.\n\nOK 1.5 cm nodule. . a.") == [
-        "Heart normal.", "No effusion.", "OK 1.5 cm nodule."]
+        "Heart normal.", "No effusion.", "OK 1.5 cm nodule. . a."]
+    assert split_sentences("Findings: 1. Cardiomegaly. 2. Small effusion. Impression: Stable.") == [
+        "Findings: 1.", "Cardiomegaly.", "2. Small effusion.", "Impression: Stable."]
 
 
 # ---------------------------------------------------------------------------- RaTEScore: tiny models

@@ -12,7 +12,7 @@ from echocxr.errors import UserError
 from echocxr.metrics import get_metric
 from echocxr.metrics.bleu import corpus_bleu, sentence_bleu
 from echocxr.metrics.cider import cider_scores
-from echocxr.metrics.rouge import lcs_words, rouge_l
+from echocxr.metrics.rouge import lcs_words, rouge_l, rouge_n
 from echocxr.metrics.text import rouge_text, word_tokens
 from tests.conftest_metrics import iu_pairs
 
@@ -83,6 +83,35 @@ def test_rouge_l_chinese_equals_rouge_chinese():
         fixed = hyp.replace("Finding:", "所见：").replace("Impression:", "结论：")
         expected = scorer.get_scores(rouge_text(fixed, "zh"), rouge_text(ref, "zh"))[0]["rouge-l"]["f"]
         assert abs(rouge_l(hyp, ref, "zh") - expected) < 1e-6, (hyp, ref)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_rouge_n_english_equals_rouge_package_on_real_reports(n):
+    scorer = reference_rouge()
+    for hyp, ref in en_pairs():
+        if not [s for s in hyp.lower().split(".") if s]:
+            assert rouge_n(hyp, ref, n, "en") == 0.0
+            continue
+        expected = scorer.get_scores(hyp.lower(), ref.lower())[0][f"rouge-{n}"]["f"]
+        assert abs(rouge_n(hyp, ref, n, "en") - expected) < 1e-9, (hyp, ref)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_rouge_n_chinese_equals_rouge_chinese(n):
+    rouge_chinese = pytest.importorskip("rouge_chinese")
+    scorer = rouge_chinese.Rouge()
+    for hyp, ref in zh_pairs():
+        fixed = hyp.replace("Finding:", "所见：").replace("Impression:", "结论：")
+        expected = scorer.get_scores(rouge_text(fixed, "zh"), rouge_text(ref, "zh"))[0][f"rouge-{n}"]["f"]
+        assert abs(rouge_n(hyp, ref, n, "zh") - expected) < 1e-9, (hyp, ref)
+
+
+def test_rouge_n_hand_values():
+    # n-grams are sets over the words of all sentences: hyp {a, b} (a twice), ref {a, b, c} -> P 1, R 2/3
+    assert rouge_n("a a b.", "a b c.", 1) == pytest.approx(2 * (2 / 3) / (5 / 3 + 1e-8), abs=1e-12)
+    # bigrams run across the sentence cut: "a. b" has the bigram (a, b)
+    assert rouge_n("a. b", "a b", 2) == pytest.approx(2 / (2 + 1e-8), abs=1e-12)
+    assert get_metric("rouge_2").score(["", "a b"], ["a b", "a b"], "en").per_sample == pytest.approx([0.0, 1.0])
 
 
 def test_rouge_l_hand_values():

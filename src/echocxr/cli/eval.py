@@ -6,7 +6,12 @@
     torchrun --nproc_per_node 2 -m echocxr.cli eval ...                      # sharded scoring
 
 Predictions: JSON lines `{"sample_id": ..., "report": ...}` (optionally "stats": {tokens, forwards,
-prefill_s, decode_s}); writes OUT/per_sample.jsonl and OUT/summary.json.
+prefill_s, decode_s}, or "reports": [...] for K sampled reports of one study); writes
+OUT/per_sample.jsonl and OUT/summary.json.
+
+--protocol official (default) scores what the official ECHO pipeline scores (outputs parsed into
+Findings/Impression and rebuilt; its reference strings; its RaTEScore/SemScore inputs): the protocol
+that reproduces the paper's tables. --protocol raw scores the reports as written.
 """
 
 from __future__ import annotations
@@ -29,12 +34,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="output folder for per_sample.jsonl and summary.json")
     parser.add_argument("--name", help="row name of this run in tables (default: the --out folder name)")
     parser.add_argument("--metrics", metavar="LIST",
-                        help="comma-separated: rouge_l,meteor,bleu4,cider,finding_f1,coherence,semscore,ratescore,ppl,"
+                        help="comma-separated: rouge_1,rouge_2,rouge_l,meteor,bleu4,cider,finding_f1,coherence,semscore,"
+                             "ratescore,ppl,"
                              "speed (default: the text metrics + semscore, coherence on CXR-Phantom, plus "
                              "ratescore/ppl when their models are given)")
+    parser.add_argument("--protocol", choices=("official", "raw"), default="official",
+                        help="official (default): score what the official ECHO pipeline scores (outputs parsed "
+                             "into Findings/Impression and rebuilt as 'Finding: .. Impression: ..', its reference "
+                             "strings and RaTEScore/SemScore inputs); this reproduces the paper's tables. "
+                             "raw: score the reports as written")
+    parser.add_argument("--k-aggregate", choices=("max", "mean"), default="max",
+                        help="studies with K reports (\"reports\": [...]): keep the best (PPL: lowest) or the mean "
+                             "of each metric per study (default max, as the official script)")
     parser.add_argument("--drop-empty", action="store_true",
-                        help="leave samples with an empty report out of every mean, as the official ECHO script "
-                             "does (default: they are kept and score 0)")
+                        help="leave samples with an empty report out of every mean, as the official evaluation.py "
+                             "does with an empty response (the full official pipeline rebuilds an empty output "
+                             "to 'Finding:  Impression: ' and scores it; default: kept)")
+    parser.add_argument("--cider-df", metavar="FILE",
+                        help="CIDEr document frequencies from a COCO-style table (cidereval's coco-val.p or the "
+                             "same as JSON; the official run uses MS-COCO's; default: the evaluated references)")
     models = parser.add_argument_group("metric models (local directories)")
     models.add_argument("--semscore-model", metavar="DIR",
                         help="SemScore encoder (official: sembscore; default: the bundled all-MiniLM-L6-v2)")
@@ -92,7 +110,11 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
             raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
         if not isinstance(rec, dict) or "sample_id" not in rec:
             raise UserError(f"{path}:{lineno}: expected an object with \"sample_id\" and \"report\"")
-        report = rec.get("report", rec.get("response"))
+        reports = rec.get("reports")
+        if reports is not None:
+            if not isinstance(reports, list) or not reports or not all(isinstance(r, str) for r in reports):
+                raise UserError(f"{path}:{lineno}: \"reports\" must be a non-empty list of strings")
+        report = rec.get("report", rec.get("response", reports[0] if reports else None))
         if not isinstance(report, str):
             raise UserError(f"{path}:{lineno}: \"report\" must be a string")
         sid = str(rec["sample_id"])
@@ -102,13 +124,15 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
         stats = rec.get("stats")
         if stats is not None and not isinstance(stats, dict):
             raise UserError(f"{path}:{lineno}: \"stats\" must be an object")
-        preds.append({"sample_id": sid, "report": report, "stats": stats})
+        preds.append({"sample_id": sid, "report": report, "stats": stats,
+                      **({"reports": list(reports)} if reports is not None else {})})
     if not preds:
         raise UserError(f"no predictions in {path}")
     return preds
 
 
 def _eval_set(preds: list[dict[str, Any]], samples: list[Any], source: str):
+    """The studies as one EvalSet (the reports as written), matched against the manifest."""
     from echocxr.metrics.suite import EvalSet
 
     by_id = {s.sample_id: s for s in samples}
@@ -124,6 +148,34 @@ def _eval_set(preds: list[dict[str, Any]], samples: list[Any], source: str):
         refs=[s.reference() for s in chosen], languages=[s.language for s in chosen],
         ref_labels=[list(s.labels) for s in chosen] if have_labels else None,
         stats=stats if any(x for x in stats) else [])
+
+
+def _scored_set(preds: list[dict[str, Any]], samples: list[Any], data: Any, protocol: str):
+    """What the metrics score: one entry per report (K per study when "reports" is given), with the
+    strings of `protocol` (official: the ECHO pipeline's rebuilt text, its references, its RaTE inputs)."""
+    from echocxr.metrics.protocol import hypothesis, reference
+    from echocxr.metrics.suite import EvalSet
+
+    by_id = {s.sample_id: s for s in samples}
+    rows: dict[str, list] = {k: [] for k in ("ids", "hyps", "refs", "langs", "sem_h", "sem_r", "raw", "labels", "groups")}
+    failed = []
+    for g, p in enumerate(preds):
+        s = by_id[p["sample_id"]]
+        ref = reference(s.findings, s.impression, s.language, protocol)
+        k_mode = "reports" in p
+        for out in p.get("reports") or [p["report"]]:
+            hyp = hypothesis(out, s.language, protocol, k_sample=k_mode)
+            failed.append(hyp.parse_failed)
+            for key, value in (("ids", s.sample_id), ("hyps", hyp.text), ("refs", ref.text), ("langs", s.language),
+                               ("sem_h", hyp.semantic), ("sem_r", ref.semantic), ("raw", out),
+                               ("labels", list(s.labels)), ("groups", g)):
+                rows[key].append(value)
+    k_used = any("reports" in p for p in preds)
+    scored = EvalSet(rows["ids"], rows["hyps"], rows["refs"], rows["langs"],
+                     ref_labels=rows["labels"] if data.ref_labels is not None else None,
+                     sem_hyps=rows["sem_h"], sem_refs=rows["sem_r"], raw_hyps=rows["raw"],
+                     groups=rows["groups"] if k_used else None)
+    return scored, failed
 
 
 def _metric_names(args: argparse.Namespace, data: Any) -> tuple[list[str], bool, bool]:
@@ -200,20 +252,30 @@ def _evaluate(args: argparse.Namespace) -> int:
             if not preds:
                 raise UserError("every report is empty: nothing left to evaluate with --drop-empty")
         data = _eval_set(preds, samples, args.predictions or "generated reports")
+        scored, parse_failed = _scored_set(preds, samples, data, args.protocol)
         names, explicit, want_speed = _metric_names(args, data)
         options = {"semscore_model": args.semscore_model, "ratescore_ner": args.ratescore_ner,
                    "ratescore_encoder": args.ratescore_encoder, "ppl_model": args.ppl_model,
                    "labeler": args.labeler, "device": args.device, "dtype": args.dtype,
-                   "batch_size": args.batch_size}
+                   "batch_size": args.batch_size, "protocol": args.protocol, "cider_df": args.cider_df}
         metrics = build_metrics(names, options, explicit)
-        results = run_metrics(data, metrics, dist, align=args.batch_size)
+        results = run_metrics(scored, metrics, dist, align=args.batch_size)
         if not dist.is_main:
             return 0
+        if scored.groups is not None:
+            from echocxr.metrics.k_reports import aggregate_k
+
+            results = aggregate_k(results, metrics, scored.groups, len(data), args.k_aggregate)
         speed = _speed(data, args) if want_speed else None
         summary = report.build_summary(name, data, results, metrics, speed, n_manifest=len(samples))
+        what = report.protocol_summary(args.protocol, scored, parse_failed,
+                                       args.k_aggregate if scored.groups is not None else None)
+        summary = {"name": summary.pop("name"), **what, **summary}
         if args.drop_empty:
             summary["n_dropped_empty"] = n_preds - len(data)
-        report.write_run(out, summary, report.per_sample_rows(data, results, metrics))
+        rows = report.per_sample_rows(data, results, metrics)
+        report.add_scored_texts(rows, scored, parse_failed, args.protocol)
+        report.write_run(out, summary, rows)
         if len(data) < len(samples):
             print(f"echocxr eval: note: {len(data)} of {len(samples)} manifest samples have predictions",
                   file=sys.stderr)

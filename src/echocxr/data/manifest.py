@@ -56,10 +56,27 @@ class Sample:
                 findings=str(gt.get("findings", "") or ""),
                 impression=str(gt.get("impression", "") or ""),
                 labels=list(rec.get("labels") or []),
-                language=str(rec.get("language") or "en"),
+                language=record_language(rec, gt),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"malformed manifest record ({exc!r}): {str(rec)[:120]}") from None
+
+
+def record_language(rec: dict, ground_truth: dict) -> str:
+    """A record's `language`, else the official rule on its reference text (over 10% CJK = Chinese).
+
+    Never a silent default: an official ECHO json has no `language` field, and its Chinese files
+    must not be scored as English.
+    """
+    from echocxr.data.sections import detect_language
+
+    language = rec.get("language")
+    if language in (None, ""):
+        text = str(ground_truth.get("findings", "") or "") + str(ground_truth.get("impression", "") or "")
+        return detect_language(text)
+    if language not in LANGUAGES:
+        raise UserError(f"record {rec.get('sample_id')!r}: language {language!r} is not one of {', '.join(LANGUAGES)}")
+    return str(language)
 
 
 def reference_text(findings: str, impression: str, language: str = "en") -> str:

@@ -20,6 +20,8 @@ from echocxr.metrics.base import Metric, MetricResult
 
 # name -> (module, class). Order = the column order of tables and summaries.
 _REGISTRY: dict[str, tuple[str, str]] = {
+    "rouge_1": ("echocxr.metrics.rouge", "Rouge1"),
+    "rouge_2": ("echocxr.metrics.rouge", "Rouge2"),
     "rouge_l": ("echocxr.metrics.rouge", "RougeL"),
     "meteor": ("echocxr.metrics.meteor", "Meteor"),
     "bleu4": ("echocxr.metrics.bleu", "Bleu4"),

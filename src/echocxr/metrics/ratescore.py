@@ -1,13 +1,14 @@
 """RaTEScore, positive-only variant used by ECHO (ECHO-SPEC §7), around pluggable local models.
 
 Pipeline per report pair:
-1. Sentences (a rule-based splitter; the official code uses medspacy's PyRuSH, which we do not ship;
-   sentences without words or shorter than 3 characters are dropped, as there).
+1. Sentences as medspacy's PyRuSH cuts them in the official code (`echocxr.metrics.sentences`, equal to
+   it on real reports; sentences without words or shorter than 3 characters are dropped, as there).
 2. NER with a token-classification model (official: RaTE-NER-Deberta), labels B-/I- of ABNORMALITY,
    NON-ABNORMALITY, DISEASE, NON-DISEASE, ANATOMY and O; spans are decoded from the argmax labels by
    the official state machine (`decode_spans`), entity text = tokenizer.convert_tokens_to_string(span).
 3. Entity embeddings = [CLS] of an encoder (official: BioLORD-2023-C), max 30 tokens.
-4. For each entity of one side: its most similar entity of the other side by cosine s, weight
+4. For each entity of one side: its most similar entity of the other side by cosine s (ties broken as
+   `torch.topk` breaks them, as officially), weight
    w = W[type, matched type], negation-pair factor t (0.36116 for a positive/negative pair of
    ABNORMALITY/DISEASE types, else 1); side score = sum(s*w*t) / sum(w) (0 when sum(w) = 0).
    Report score = F1 of both sides' scores (0 when they sum to 0).
@@ -18,12 +19,12 @@ The pure logic (span decoding, weighting, fallback) lives in plain functions tes
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from echocxr.errors import UserError
 from echocxr.metrics.base import MetricResult, SampleMeanMetric, check_pairs
+from echocxr.metrics.sentences import split_sentences
 
 ENTITY_TYPES = ("ABNORMALITY", "NON-ABNORMALITY", "DISEASE", "NON-DISEASE", "ANATOMY")
 
@@ -107,17 +108,12 @@ def decode_spans(tokens: Sequence[str], labels: Sequence[str],
     return spans
 
 
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
+def best_match(row: Sequence[float]) -> int:
+    """Index of the largest similarity, ties broken as the official code does: by `torch.topk(k=1)`
+    on the float32 row (which, on CPU, does not always return the first of equal values)."""
+    import torch
 
-
-def split_sentences(text: str) -> list[str]:
-    """Rule-based sentence split (stand-in for medspacy PyRuSH); drops pieces without words or < 3 chars."""
-    out = []
-    for piece in _SENTENCE_BREAK.split(text):
-        piece = piece.strip()
-        if piece.split() and len(piece) >= 3:
-            out.append(piece)
-    return out
+    return int(torch.topk(torch.as_tensor(list(row), dtype=torch.float32), 1, largest=True).indices[0])
 
 
 def side_score(sim: Sequence[Sequence[float]], types_q: Sequence[str], types_k: Sequence[str],
@@ -125,7 +121,7 @@ def side_score(sim: Sequence[Sequence[float]], types_q: Sequence[str], types_k: 
     """Weighted mean best-match similarity of the query entities (rows of `sim`) against the keys."""
     num = den = 0.0
     for row, tq in zip(sim, types_q, strict=True):
-        j = max(range(len(row)), key=lambda k: row[k])  # first index of the maximum
+        j = best_match(row)
         tk = types_k[j]
         w = weights[(tq, tk)]
         t = neg_weight if (tq, tk) in NEGATION_PAIRS else 1.0
@@ -135,13 +131,15 @@ def side_score(sim: Sequence[Sequence[float]], types_q: Sequence[str], types_k: 
 
 
 def pair_score(sim: Sequence[Sequence[float]], types_a: Sequence[str], types_b: Sequence[str],
-               weights: dict[tuple[str, str], float] | None = None, neg_weight: float = NEG_WEIGHT) -> float:
-    """RaTEScore of one report pair from the cosine matrix sim[a][b] of their entities."""
+               weights: dict[tuple[str, str], float] | None = None, neg_weight: float = NEG_WEIGHT,
+               sim_ba: Sequence[Sequence[float]] | None = None) -> float:
+    """RaTEScore of one report pair from the cosine matrix sim[a][b] of their entities (`sim_ba`: the
+    other direction as computed there; the transpose of `sim` when not given)."""
     if not types_a or not types_b:
         return EMPTY_SIDE_SCORE
     weights = echo_weights() if weights is None else weights
     p = side_score(sim, types_a, types_b, weights, neg_weight)
-    transposed = [list(col) for col in zip(*sim, strict=True)]
+    transposed = sim_ba if sim_ba is not None else [list(col) for col in zip(*sim, strict=True)]
     r = side_score(transposed, types_b, types_a, weights, neg_weight)
     return 0.0 if p + r == 0 else 2 * p * r / (p + r)
 
@@ -211,12 +209,17 @@ class RaTEScore(SampleMeanMetric):
         with torch.inference_mode():
             return enc(**batch).last_hidden_state[:, 0, :].float().cpu()
 
-    def similarity(self, ents_a: list[tuple[str, str]], ents_b: list[tuple[str, str]]) -> list[list[float]]:
+    def similarity(self, ents_a: list[tuple[str, str]],
+                   ents_b: list[tuple[str, str]]) -> tuple[list[list[float]], list[list[float]]]:
+        """Cosines a->b and b->a, each row computed as the official code does (keys @ query, float32)."""
+        import torch
         import torch.nn.functional as F
 
         a = F.normalize(self.embed([e for e, _ in ents_a]), p=2, dim=1)
         b = F.normalize(self.embed([e for e, _ in ents_b]), p=2, dim=1)
-        return (a @ b.T).tolist()
+        ab = [torch.matmul(b, q).tolist() for q in a]
+        ba = [torch.matmul(a, q).tolist() for q in b]
+        return ab, ba
 
     def score(self, hyps: list[str], refs: list[str], language: str | Sequence[str] = "en") -> MetricResult:
         check_pairs(hyps, refs)
@@ -229,10 +232,11 @@ class RaTEScore(SampleMeanMetric):
             if not eh or not er:
                 per_sample.append(EMPTY_SIDE_SCORE)
                 continue
-            sim = self.similarity(eh, er)
-            per_sample.append(pair_score(sim, [t for _, t in eh], [t for _, t in er], self.weights))
+            ab, ba = self.similarity(eh, er)
+            per_sample.append(pair_score(ab, [t for _, t in eh], [t for _, t in er], self.weights, sim_ba=ba))
         return MetricResult(
             self.name, per_sample, self.aggregate(per_sample),
             info={"ner": str(self.ner_path), "encoder": str(self.encoder_path), "variant": "positive-only (ECHO)",
+                  "sentences": "PyRuSH rules (medspacy 1.3.1), re-implemented",
                   "note": "official scores English text (Chinese reports are translated first)"},
             sample_extra={"ratescore_hyp_entities": hyp_entities, "ratescore_ref_entities": ref_entities})

@@ -17,17 +17,18 @@ from typing import Any
 
 from echocxr.errors import UserError
 from echocxr.metrics.base import MetricResult
+from echocxr.metrics.protocol import LEGACY_PROTOCOL
 
 # summary key -> column title, in table order; higher is better unless listed in LOWER_IS_BETTER
 COLUMNS: dict[str, str] = {
-    "tpf": "TPF", "tps": "TPS", "rouge_l": "ROUGE-L", "meteor": "METEOR", "bleu4": "BLEU-4", "cider": "CIDEr",
+    "tpf": "TPF", "tps": "TPS", "rouge_1": "ROUGE-1", "rouge_2": "ROUGE-2", "rouge_l": "ROUGE-L", "meteor": "METEOR", "bleu4": "BLEU-4", "cider": "CIDEr",
     "ratescore": "RaTE", "semscore": "SemScore", "finding_f1_micro": "F1 micro", "finding_f1_macro": "F1 macro",
     "report_validity": "Valid rep.", "sentence_validity": "Valid sent.", "repeated_statements": "Repeats",
     "missing_statements": "Missing", "unexpected_statements": "Unexpected", "ppl": "PPL",
 }
 LOWER_IS_BETTER = {"ppl", "repeated_statements", "missing_statements", "unexpected_statements"}
 QUALITY_FOR_PLOT = ("rouge_l", "ratescore", "semscore", "cider", "report_validity", "sentence_validity")
-_PERCENT_KEYS = ("rouge_l", "ratescore", "semscore", "meteor", "bleu4", "report_validity", "sentence_validity")
+_PERCENT_KEYS = ("rouge_1", "rouge_2", "rouge_l", "ratescore", "semscore", "meteor", "bleu4", "report_validity", "sentence_validity")
 
 
 def _scale(value: float | None, percent: bool) -> float | None:
@@ -65,6 +66,40 @@ def build_summary(name: str, data: Any, results: Sequence[MetricResult], metrics
     return summary
 
 
+def protocol_summary(protocol: str, scored: Any, parse_failed: Sequence[bool], k_aggregate: str | None) -> dict[str, Any]:
+    """Summary fields that say what was scored: the protocol, its caveats, parse failures, language
+    mismatches between a report and its reference (official rule: over 10% CJK = Chinese)."""
+    from echocxr.data.sections import detect_language
+    from echocxr.metrics.protocol import protocol_notes
+
+    raw = scored.raw_hyps or scored.hyps
+    mismatch = sum(1 for text, lang in zip(raw, scored.languages, strict=True)
+                   if text.strip() and detect_language(text) != lang)
+    out: dict[str, Any] = {"protocol": protocol, "protocol_notes": protocol_notes(protocol, list(scored.languages))}
+    if protocol == "official":
+        out["n_parse_failed"] = sum(bool(x) for x in parse_failed)  # scored as written, as officially
+    out["n_language_mismatch"] = mismatch
+    if k_aggregate is not None:
+        out["k_aggregate"] = k_aggregate
+        out["n_reports"] = len(raw)
+    return out
+
+
+def add_scored_texts(rows: list[dict[str, Any]], scored: Any, parse_failed: Sequence[bool], protocol: str) -> None:
+    """Per-sample rows also show the strings the metrics scored (official protocol) and K reports."""
+    by_study: list[list[int]] = [[] for _ in rows]
+    for i, g in enumerate(scored.groups if scored.groups is not None else range(len(rows))):
+        by_study[g].append(i)
+    for row, idx in zip(rows, by_study, strict=True):
+        if scored.groups is not None:
+            row["hypotheses"] = [scored.raw_hyps[i] for i in idx]
+        if protocol == "official":
+            texts = [scored.hyps[i] for i in idx]
+            row["scored_hypothesis"] = texts if scored.groups is not None else texts[0]
+            row["scored_reference"] = scored.refs[idx[0]]
+            row["parse_failed"] = [parse_failed[i] for i in idx] if scored.groups is not None else parse_failed[idx[0]]
+
+
 def per_sample_rows(data: Any, results: Sequence[MetricResult], metrics: Sequence[Any]) -> list[dict[str, Any]]:
     rows = []
     for i, sid in enumerate(data.sample_ids):
@@ -73,7 +108,10 @@ def per_sample_rows(data: Any, results: Sequence[MetricResult], metrics: Sequenc
         for res, metric in zip(results, metrics, strict=True):
             row["scores"][metric.name] = _scale(res.per_sample[i], metric.percent)
             for key, values in res.sample_extra.items():
-                row[key] = values[i]
+                if key == f"{metric.name}_per_report":  # K reports per study: each one's score
+                    row.setdefault("scores_per_report", {})[metric.name] = [_scale(v, metric.percent) for v in values[i]]
+                else:
+                    row[key] = values[i]
         if data.stats and data.stats[i]:
             from echocxr.metrics.speed import per_report_speed
 
@@ -109,6 +147,7 @@ def load_summaries(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
         if not isinstance(data, dict):
             raise UserError(f"{f} is not a summary (expected a JSON object)")
         data.setdefault("name", f.parent.name)
+        data.setdefault("protocol", LEGACY_PROTOCOL)  # written before protocols: reports scored as written
         summaries.append(data)
     return summaries
 
@@ -132,8 +171,8 @@ def markdown_table(summaries: Sequence[dict[str, Any]], reference_row: str | Non
             names = ", ".join(str(s.get("name")) for s in summaries)
             raise UserError(f"reference row {reference_row!r} not among the runs ({names})")
         ref = matches[0]
-    lines = ["| model | " + " | ".join(COLUMNS[k] for k in keys) + " |",
-             "|---|" + "---|" * len(keys)]
+    lines = ["| model | protocol | " + " | ".join(COLUMNS[k] for k in keys) + " |",
+             "|---|---|" + "---|" * len(keys)]
     for s in summaries:
         cells = []
         for k in keys:
@@ -143,14 +182,17 @@ def markdown_table(summaries: Sequence[dict[str, Any]], reference_row: str | Non
             if ref is not None and s is not ref and isinstance(v, (int, float)) and isinstance(r, (int, float)) and r:
                 cell += f" ({100.0 * (v - r) / abs(r):+.1f}%)"
             cells.append(cell)
-        lines.append(f"| {s.get('name')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {s.get('name')} | {s.get('protocol', LEGACY_PROTOCOL)} | " + " | ".join(cells) + " |")
     note = []
     if ref is not None:
         note.append(f"Changes in % are relative to {reference_row}.")
     lower = [COLUMNS[k] for k in keys if k in LOWER_IS_BETTER]
     if lower:
         note.append(", ".join(lower) + ": lower is better.")
-    note.append("ROUGE-L, METEOR, BLEU-4, RaTE, SemScore, F1 in %; CIDEr x10 with corpus document frequencies.")
+    note.append("ROUGE, METEOR, BLEU-4, RaTE, SemScore, F1 in %; CIDEr x10 (document frequencies as each run's "
+                "summary says).")
+    note.append("Protocol official: scored as the official ECHO pipeline does (outputs parsed and rebuilt; "
+                "the paper's tables); raw: reports scored as written.")
     if "report_validity" in keys:
         note.append("Valid rep./sent.: CXR-Phantom reports (sentences) exactly as the grammar writes them, in %; "
                     "Repeats, Missing, Unexpected: statements per report.")

@@ -22,12 +22,23 @@ from echocxr.metrics import get_metric
 from echocxr.metrics.base import MetricResult
 
 #: metrics run when the user names none (model-based ones join when their directories are given)
-DEFAULT_METRICS = ("rouge_l", "meteor", "bleu4", "cider", "finding_f1", "semscore")
+DEFAULT_METRICS = ("rouge_1", "rouge_2", "rouge_l", "meteor", "bleu4", "cider", "finding_f1", "semscore")
+
+
+#: metrics that read the report as written whatever the protocol (they are echocxr's, not the paper's)
+AS_WRITTEN_METRICS = ("finding_f1", "coherence")
+#: metrics that take the protocol's "semantic" strings (official: `Findings: .. Impression: ..`)
+SEMANTIC_METRICS = ("ratescore", "semscore")
 
 
 @dataclass
 class EvalSet:
-    """What is evaluated: one entry per sample, all lists aligned."""
+    """What is evaluated: one entry per scored report, all lists aligned.
+
+    `hyps`/`refs` are what the n-gram metrics and PPL score, `sem_hyps`/`sem_refs` what RaTEScore and
+    SemScore score, `raw_hyps` the reports as written (finding F1, coherence); None = same as `hyps`/
+    `refs`. With K reports per study, `groups[i]` is the study index of entry i.
+    """
 
     sample_ids: list[str]
     hyps: list[str]
@@ -35,15 +46,29 @@ class EvalSet:
     languages: list[str]
     ref_labels: list[list[str] | None] | None = None
     stats: list[dict | None] = field(default_factory=list)
+    sem_hyps: list[str] | None = None
+    sem_refs: list[str] | None = None
+    raw_hyps: list[str] | None = None
+    groups: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.sample_ids)
 
+    def texts_for(self, metric_name: str) -> tuple[list[str], list[str]]:
+        """(hypotheses, references) metric `metric_name` scores."""
+        if metric_name in SEMANTIC_METRICS:
+            return self.sem_hyps or self.hyps, self.sem_refs or self.refs
+        if metric_name in AS_WRITTEN_METRICS:
+            return self.raw_hyps or self.hyps, self.refs
+        return self.hyps, self.refs
+
     def subset(self, idx: Sequence[int]) -> EvalSet:
-        return EvalSet([self.sample_ids[i] for i in idx], [self.hyps[i] for i in idx],
-                       [self.refs[i] for i in idx], [self.languages[i] for i in idx],
-                       None if self.ref_labels is None else [self.ref_labels[i] for i in idx],
-                       [self.stats[i] for i in idx] if self.stats else [])
+        def pick(xs):
+            return None if xs is None else [xs[i] for i in idx]
+
+        return EvalSet(pick(self.sample_ids), pick(self.hyps), pick(self.refs), pick(self.languages),
+                       pick(self.ref_labels), pick(self.stats) if self.stats else [],
+                       pick(self.sem_hyps), pick(self.sem_refs), pick(self.raw_hyps), pick(self.groups))
 
 
 class Dist:
@@ -97,9 +122,11 @@ def build_metrics(names: Sequence[str], options: dict[str, Any], explicit: bool)
 
 
 def _score(metric: Any, data: EvalSet) -> MetricResult:
-    if getattr(metric, "name", "") == "finding_f1":
-        return metric.score(data.hyps, data.refs, data.languages, ref_labels=data.ref_labels)
-    return metric.score(data.hyps, data.refs, data.languages)
+    name = getattr(metric, "name", "")
+    hyps, refs = data.texts_for(name)
+    if name == "finding_f1":
+        return metric.score(hyps, refs, data.languages, ref_labels=data.ref_labels)
+    return metric.score(hyps, refs, data.languages)
 
 
 def _log(msg: str, dist: Dist) -> None:
