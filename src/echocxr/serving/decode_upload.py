@@ -108,7 +108,12 @@ def _load_dicom_bytes(data: bytes, max_pixels: int, sniffed: bool = True) -> Ima
 def _check_size(width: int, height: int, max_pixels: int, frames: int = 1) -> None:
     if width < MIN_SIDE or height < MIN_SIDE:
         raise UserError(f"image too small: {width}x{height} pixels (need at least {MIN_SIDE}x{MIN_SIDE})")
-    if width * height * max(frames, 1) > max_pixels:
+    frames = max(frames, 1)
+    if width * height * frames > max_pixels:
+        if frames > 1:  # every frame is decoded before the first is used: they all count
+            raise ImageTooLarge(f"image too large: {frames} frames of {width}x{height} pixels = "
+                                f"{width * height * frames / 1e6:.1f} MP (limit {max_pixels / 1e6:.1f} MP; "
+                                "send a single-frame DICOM of the view)")
         raise ImageTooLarge(f"image too large: {width}x{height} pixels = {width * height / 1e6:.1f} MP "
                             f"(limit {max_pixels / 1e6:.1f} MP)")
 

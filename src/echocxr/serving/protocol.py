@@ -21,11 +21,13 @@ from echocxr.serving.decode_upload import decode_base64_image
 class ApiError(Exception):
     """An HTTP error answered as {"error": {"message", "type"}}; the message is one line, safe to show."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
+        self.headers = headers
 
 
 # decode settings a request may change, with their parser (the rest is fixed by the server's command line)
