@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 
 from echocxr.serving.app import ServerConfig, create_app
 from echocxr.serving.server import BackgroundServer
-from tests.test_serving import assert_error, data_uri, engine, xray  # noqa: F401 (engine: fixture)
+from tests.test_serving import assert_error, data_uri, xray
 
 PNG = xray(0, 64)
 IMG = data_uri(PNG)
 
 
 @pytest.fixture(scope="module")
-def server(engine):  # noqa: F811
+def server(engine):
     config = ServerConfig(max_views=2, max_prompt_chars=300, model_name="tiny")
     with BackgroundServer(create_app(engine, engine.default_config(max_new_tokens=8), config)) as srv:
         yield srv
