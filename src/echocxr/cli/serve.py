@@ -26,6 +26,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-views", type=int, default=4, help="images per study")
     p.add_argument("--max-upload-mb", type=float, default=32.0, help="request body limit (413 above it)")
     p.add_argument("--max-image-mp", type=float, default=50.0, help="megapixels per uploaded image (413 above it)")
+    p.add_argument("--max-request-mp", type=float, default=64.0,
+                   help="megapixels of all views of one request together (413 above it)")
+    p.add_argument("--decode-concurrency", type=int, default=1,
+                   help="requests decoding their images at once (peak decode memory grows with it)")
     p.add_argument("--max-queue", type=int, default=1024, help="queued requests before answering 503")
     p.add_argument("--idle-timeout", type=float, default=5.0, metavar="S",
                    help="close a keep-alive connection idle this many seconds between requests")
@@ -47,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-batch must be in 1..1024, got {args.max_batch}")
     if args.batch_window_ms < 0 or args.max_upload_mb <= 0 or args.max_image_mp <= 0 or args.max_views < 1:
         raise UserError("--batch-window-ms must be >= 0; --max-upload-mb, --max-image-mp, --max-views > 0")
+    if args.max_request_mp <= 0 or args.decode_concurrency < 1:
+        raise UserError("--max-request-mp must be > 0 and --decode-concurrency >= 1")
     if min(args.idle_timeout, args.head_timeout, args.body_timeout) <= 0:
         raise UserError("--idle-timeout, --head-timeout and --body-timeout must be > 0 seconds")
     if not _is_loopback(args.host) and not args.token:
@@ -68,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch, batch_window_ms=args.batch_window_ms, token=args.token or None,
         max_views=args.max_views, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_image_pixels=int(args.max_image_mp * 1_000_000), max_queue=args.max_queue,
+        max_request_pixels=int(args.max_request_mp * 1_000_000), decode_concurrency=args.decode_concurrency,
         model_name=os.path.basename(os.path.normpath(args.model)) or "echocxr",
         idle_timeout_s=args.idle_timeout, head_timeout_s=args.head_timeout, body_timeout_s=args.body_timeout,
     )

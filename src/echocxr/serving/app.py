@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,7 +36,13 @@ from echocxr.decoding.engine import DecodeConfig, ReportEngine
 from echocxr.decoding.results import Generation
 from echocxr.errors import UserError
 from echocxr.serving.batcher import Batcher, Job, Overloaded
-from echocxr.serving.decode_upload import DEFAULT_MAX_PIXELS, ImageTooLarge, load_image_bytes
+from echocxr.serving.decode_upload import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_REQUEST_PIXELS,
+    ImageTooLarge,
+    header_pixels,
+    load_image_bytes,
+)
 from echocxr.serving.examples import example_png, list_examples
 from echocxr.serving.metrics import Metrics
 from echocxr.serving.protocol import (
@@ -69,6 +76,8 @@ class ServerConfig:
     max_views: int = 4
     max_upload_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS  # decoded pixels of all a request's views (413 above)
+    decode_concurrency: int = 1  # requests decoding images at once: peak decode memory ~ this x one request's
     max_prompt_chars: int = 2000
     max_prompt_tokens: int = 16384
     max_queue: int = 1024
@@ -91,6 +100,13 @@ class ReportService:
         self.open_streams = 0
         self.waiting = 0  # non-streaming requests waiting for their result
         self._encode_lock = threading.Lock()  # tokenizer + image processor: one request at a time
+        # Decoded views are large (3 bytes a pixel as RGB, more while decoding): a few dedicated threads decode,
+        # one request each, so few requests hold them and the allocator reuses one arena's memory per thread
+        # (in the shared thread pool every thread's arena kept its own peak).
+        self._decoder = ThreadPoolExecutor(max(1, config.decode_concurrency), thread_name_prefix="echocxr-images")
+        self._pixels_lock = threading.Lock()
+        self.decoded_pixels = 0  # pixels of decoded views held right now, and the most ever held at once
+        self.peak_decoded_pixels = 0
 
     def counts(self) -> dict[str, int]:
         return {**self.batcher.counts(), "streams": self.open_streams, "waiting": self.waiting}
@@ -115,7 +131,8 @@ class ReportService:
         if req.instruction is not None and len(req.instruction) > c.max_prompt_chars:
             raise ApiError(400, f"prompt too long: {len(req.instruction)} characters (limit {c.max_prompt_chars})")
         cfg = self.decode_config(req.overrides)
-        prompt = await run_in_threadpool(self._encode, req)
+        ctx = contextvars.copy_context()  # the request id, for anything the decode logs
+        prompt = await asyncio.get_running_loop().run_in_executor(self._decoder, ctx.run, self._encode, req)
         if prompt.length > c.max_prompt_tokens:
             raise ApiError(400, f"prompt too long: {prompt.length} tokens (limit {c.max_prompt_tokens}); "
                                 "send fewer or smaller views")
@@ -130,17 +147,38 @@ class ReportService:
         return job
 
     def _encode(self, req: ReportRequest) -> EncodedPrompt:
-        images = []
-        for i, data in enumerate(req.images):
-            try:
-                images.append(load_image_bytes(data, self.config.max_image_pixels))
-            except UserError as exc:
-                if len(req.images) == 1:
-                    raise
-                raise type(exc)(f"view {i + 1} of {len(req.images)}: {exc}") from None
-        req.images = []  # drop the upload bytes as soon as they are decoded
-        with self._encode_lock:
-            return self.engine.encode(images or None, lang=req.lang, instruction=req.instruction)
+        """Decode the views and build the prompt: within the request's pixel budget, checked from the headers
+        before anything is decoded; runs on one of the `decode_concurrency` image threads."""
+        c = self.config
+        sizes = [header_pixels(data) for data in req.images]
+        if sum(sizes) > c.max_request_pixels:
+            raise ImageTooLarge(f"study too large: {len(sizes)} views of {sum(sizes) / 1e6:.1f} MP in all "
+                                f"(limit {c.max_request_pixels / 1e6:.1f} MP per request)")
+        held = 0
+        try:
+            images = []
+            for i, data in enumerate(req.images):
+                try:
+                    images.append(load_image_bytes(data, c.max_image_pixels))
+                except UserError as exc:
+                    if len(req.images) == 1:
+                        raise
+                    raise type(exc)(f"view {i + 1} of {len(req.images)}: {exc}") from None
+                held += images[-1].width * images[-1].height
+                self._count_pixels(images[-1].width * images[-1].height)
+            req.images = []  # drop the upload bytes as soon as they are decoded
+            with self._encode_lock:
+                return self.engine.encode(images or None, lang=req.lang, instruction=req.instruction)
+        finally:
+            self._count_pixels(-held)
+
+    def close(self) -> None:
+        self._decoder.shutdown(wait=True, cancel_futures=True)
+
+    def _count_pixels(self, delta: int) -> None:
+        with self._pixels_lock:
+            self.decoded_pixels += delta
+            self.peak_decoded_pixels = max(self.peak_decoded_pixels, self.decoded_pixels)
 
     async def result(self, job: Job, request: Request) -> Generation | None:
         """Wait for a job's Generation; None (and the job cancelled) if the client disconnects first."""
@@ -342,6 +380,7 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
         service.batcher.start()
         yield
         await run_in_threadpool(service.batcher.stop)
+        await run_in_threadpool(service.close)
 
     app = FastAPI(title="echocxr", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None,
                   summary="Chest X-ray report generation with one-step block diffusion")
