@@ -37,49 +37,15 @@ def add_decode_arguments(p: argparse.ArgumentParser, model_args: bool = True) ->
 
 
 def decode_config_from_args(engine, args: argparse.Namespace):
-    return engine.default_config(
-        decoder=args.decoder, block_length=args.block_length, steps=args.steps, remasking=args.remasking,
-        threshold=args.threshold, prefill=args.prefill, fused=False if args.no_fused else None,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        seed=args.seed,
-    )
+    from echocxr.decoding.options import decode_config_from_options
+
+    return decode_config_from_options(engine, args)
 
 
 def load_engine(model_dir: str, args: argparse.Namespace):
-    from transformers.utils import logging as hf_logging
+    from echocxr.decoding.options import load_engine as load
 
-    from echocxr.backbones.loading import load_backbone
-    from echocxr.decoding.engine import ReportEngine
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    device = resolve_device(args.device)
-    engine = ReportEngine(load_backbone(model_dir, device=device, dtype=args.dtype, attn_implementation=args.attn))
-    if getattr(args, "fast", False):
-        from echocxr.decoding.fast_engine import FastPath
-
-        engine.fast_path = FastPath(engine, compile=getattr(args, "compile", None))
-    return engine
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    _check_device(device)
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    from echocxr.errors import UserError
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but CUDA is not available")
-    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
-        raise UserError(f"unknown device {device!r} (use cpu or cuda[:N])")
+    return load(model_dir, args)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp")
