@@ -74,11 +74,14 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- inputs
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """Predictions file -> list of {"sample_id", "report", "stats"?}; UserError names the bad line."""
+    """Predictions file -> list of {"sample_id", "report", "stats"?}; UserError names the bad line.
+
+    A line with an "error" and no report (`echocxr report --out` rows of unreadable studies) is skipped and
+    counted on stderr, so report output chains into eval as it is."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"predictions file not found: {path}")
-    preds, seen = [], set()
+    preds, seen, errors = [], set(), 0
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -93,6 +96,9 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
         if not isinstance(rec, dict) or "sample_id" not in rec:
             raise UserError(f"{path}:{lineno}: expected an object with \"sample_id\" and \"report\"")
         report = rec.get("report", rec.get("response"))
+        if report is None and rec.get("error"):
+            errors += 1
+            continue
         if not isinstance(report, str):
             raise UserError(f"{path}:{lineno}: \"report\" must be a string")
         sid = str(rec["sample_id"])
@@ -103,8 +109,12 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
         if stats is not None and not isinstance(stats, dict):
             raise UserError(f"{path}:{lineno}: \"stats\" must be an object")
         preds.append({"sample_id": sid, "report": report, "stats": stats})
+    if errors:
+        print(f"echocxr eval: note: skipped {errors} line{'s' * (errors != 1)} of {path} that carry an error "
+              "and no report (studies the generator could not read)", file=sys.stderr)
     if not preds:
-        raise UserError(f"no predictions in {path}")
+        raise UserError(f"no predictions in {path}"
+                        + (f" ({errors} line{'s' * (errors != 1)} with an error, skipped)" if errors else ""))
     return preds
 
 

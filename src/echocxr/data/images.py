@@ -16,6 +16,8 @@ IMAGE_CHECKS = ("none", "exists", "open", "decode")
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Load PNG/JPEG/... (any PIL format) or DICOM as an 8-bit RGB image."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not an image file")
     if not path.is_file():
         raise UserError(f"image not found: {path}")
     if path.suffix.lower() in DICOM_SUFFIXES or _looks_like_dicom(path):

@@ -179,7 +179,7 @@ class ReportEngine:
         if not prompts:
             return []
         if self.fast_path is not None and self.fast_path.supports(cfg, prompts):
-            return self.fast_path.generate(prompts, cfg, on_event=on_event, is_cancelled=is_cancelled)
+            return _batched(self.fast_path.generate(prompts, cfg, on_event=on_event, is_cancelled=is_cancelled))
         mode = "ar" if cfg.decoder == "ar" else cfg.prefill
         rope = self._rope_index if self.is_vision else None
         canvas = build_canvas(prompts, mode, cfg.block_length, cfg.max_new_tokens,
@@ -204,7 +204,7 @@ class ReportEngine:
             self._decode_ar(batch, cfg, gen, finish, on_event)
         else:
             self._decode_blocks(batch, cfg, gen, finish, on_event)
-        return [r for r in results if r is not None]  # all set: every sample ends by eos, length or cancel
+        return _batched([r for r in results if r is not None])  # every sample ends by eos, length or cancel
 
     def request_warnings(self, prompt: EncodedPrompt, cfg: DecodeConfig) -> list[str]:
         """A sample's warnings: decoder outside the model's training, then the prompt's own (language, images)."""
@@ -351,6 +351,12 @@ class _Finisher:
         if self.on_event is not None:
             self.on_event(DecodeEvent("done", int(b.index[r]), -1, -1, [], [], generation=gen))
         return gen
+
+
+def _batched(results: list[Generation]) -> list[Generation]:
+    for r in results:
+        r.batch_size = len(results)
+    return results
 
 
 def build_generation(engine: ReportEngine, cfg: DecodeConfig, row: list[int], forwards: int, prefill_s: float,
