@@ -23,7 +23,8 @@ stage vision
 stage ar --from "$RUN/vision/final"
 stage rad --from "$RUN/ar/final" --block-length $L
 stage dcd --from "$RUN/rad/final" --block-length $L
-DATA=$(ls -d "$RUN"/phantoms-* | head -1)
+# the phantom set the recipe rendered (its summary names it: the cache, or beside older runs)
+DATA=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"])' "$RUN/ar/summary.json")
 evaluate() {  # evaluate NAME MODEL LANG [decoder args]
   local name=$1 model=$2 lang=$3; shift 3
   if [ -f "$RUN/eval/$name-$lang/summary.json" ]; then return; fi
