@@ -51,7 +51,7 @@ def test_report_dir_walks_subfolders_and_chains_into_eval(tiny_vl_dir, tree, tmp
     assert main(["eval", "--predictions", str(out), "--manifest", str(manifest), "--out", str(tmp_path / "e"),
                  "--metrics", "rouge_l"]) == 0
     err = capsys.readouterr().err
-    assert f"skipped 1 line of {out} that carry an error and no report" in err
+    assert f"skipped 1 line of {out} with an error and no report" in err
     assert json.loads((tmp_path / "e" / "summary.json").read_text())["n_samples"] == 3
 
 

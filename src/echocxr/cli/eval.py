@@ -110,8 +110,8 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
             raise UserError(f"{path}:{lineno}: \"stats\" must be an object")
         preds.append({"sample_id": sid, "report": report, "stats": stats})
     if errors:
-        print(f"echocxr eval: note: skipped {errors} line{'s' * (errors != 1)} of {path} that carry an error "
-              "and no report (studies the generator could not read)", file=sys.stderr)
+        print(f"echocxr eval: note: skipped {errors} line{'s' * (errors != 1)} of {path} with an error and no "
+              "report (studies the generator could not read)", file=sys.stderr)
     if not preds:
         raise UserError(f"no predictions in {path}"
                         + (f" ({errors} line{'s' * (errors != 1)} with an error, skipped)" if errors else ""))
