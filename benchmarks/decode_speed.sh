@@ -9,7 +9,8 @@ RUN=${1:-runs/builtin}
 L=${2:-8}
 TEACHER=${TEACHER:-rad-continued}  # the DCD teacher (rad in the previous built-in model's run, runs/demo)
 E=.venv/bin/echocxr
-DATA=$(ls -d "$RUN"/phantoms-* | head -1)
+# the phantom set the recipe rendered (its summary names it: the cache, or beside older runs)
+DATA=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"])' "$RUN/ar/summary.json")
 OUT=benchmarks/results/decode_speed
 EV="--manifest $DATA/test_en.json --max-new-tokens 256 --gen-batch-size 1 --metrics speed,rouge_l"
 $E eval --model "$RUN/ar/final"  --decoder ar $EV --out "$RUN/speed/ar"

@@ -1,7 +1,8 @@
 """Wall time of a recipe's AR -> RAD -> DCD pipeline, stage by stage, as a user runs it (one CLI process each).
 
+    python benchmarks/pipeline_timing.py --recipe phantom-tiny --run runs/tiny       # -> runs/tiny/pipeline_timing.json
     python benchmarks/pipeline_timing.py --recipe phantom-tiny --run runs/tiny \
-        --out benchmarks/results/phantom_tiny_pipeline.json
+        --out benchmarks/results/phantom_tiny_pipeline.json --overwrite    # update the committed result
     python benchmarks/pipeline_timing.py --recipe phantom-small --run runs/small --budget-s 1200 \
         --out benchmarks/results/phantom_small_pipeline_h100.json          # on one GPU
 
@@ -12,6 +13,11 @@ whether every stage finished within that many seconds. With fewer steps than the
 costs plus the measured seconds per step times the recipe's steps (a projection, marked as one), and the
 budget is checked against that. Runs from a checkout without installing (src/ is put
 on PYTHONPATH), so it also runs on a machine with its own torch.
+
+It writes where it is told and nowhere else: the stages train under --run (emptied first, but only when it is
+empty or an earlier run of this script: a marker file says so), the result goes to --out (default
+<run>/pipeline_timing.json), and an existing --out file (a committed result, say) is replaced only with
+--overwrite.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT_NAME = "pipeline_timing.json"
+MARKER = ".pipeline_timing"
 
 
 def machine() -> dict:
@@ -74,8 +82,10 @@ def recipe_steps(stage: str, recipe: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--recipe", default="phantom-tiny")
-    ap.add_argument("--run", type=Path, default=Path("runs/tiny"), help="run directory (emptied first)")
-    ap.add_argument("--out", type=Path, required=True, help="result json")
+    ap.add_argument("--run", type=Path, default=Path("runs/tiny"),
+                    help="run directory (emptied first: only an empty one or an earlier run of this script)")
+    ap.add_argument("--out", type=Path, help="result json (default: <run>/pipeline_timing.json)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     ap.add_argument("--stages", default="ar,rad,dcd", help="a prefix of ar,rad,dcd")
     ap.add_argument("--budget-s", type=float, help="record whether each stage took at most this many seconds")
     ap.add_argument("--train-arg", action="append", default=[], help="extra argument for every `echocxr train`")
@@ -83,8 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     if stages != ["ar", "rad", "dcd"][:len(stages)] or not stages:
         ap.error("--stages must be ar, ar,rad or ar,rad,dcd")
+    out = args.out or args.run / OUT_NAME
+    if args.out is not None and out.exists() and not args.overwrite:
+        ap.error(f"--out {out} exists (a committed result?): pass --overwrite to replace it")
     if args.run.exists():
+        if any(args.run.iterdir()) and not (args.run / MARKER).is_file():
+            ap.error(f"--run {args.run} is not empty and not an earlier pipeline_timing run: "
+                     "choose an empty or new folder (it is emptied first)")
         shutil.rmtree(args.run)
+    args.run.mkdir(parents=True)
+    (args.run / MARKER).write_text("made by benchmarks/pipeline_timing.py; emptied by its next run\n")
     result = {"command": shlex.join(["python", "benchmarks/pipeline_timing.py", *(argv or sys.argv[1:])]),
               "what": "wall seconds of each stage run by `echocxr train` (phantom rendering included in ar); "
                       "timings: data / loading / teacher trajectories / training inside each stage",
@@ -99,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         result["budget_s"] = args.budget_s
         result["within_budget"] = all(v.get("projected_wall_s", v["wall_s"]) <= args.budget_s
                                       for v in result["stages"].values())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -16,7 +16,8 @@ stage() {  # stage NAME [extra args]
 stage ar
 stage rad --from "$RUN/ar/final" --block-length $L
 stage dcd --from "$RUN/rad/final" --block-length $L
-DATA=$(ls -d "$RUN"/phantoms-* | head -1)
+# the phantom set the recipe rendered (its summary names it: the cache, or beside older runs)
+DATA=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"])' "$RUN/ar/summary.json")
 # quality on the whole test split, 16 studies decoded together (TPF does not depend on batching; TPS here is
 # batched CPU throughput)
 EV="--manifest $DATA/test_en.json --max-new-tokens 256 --gen-batch-size 16"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from echocxr.backbones.card import write_model_card
 
-ROWS = ("ar", "rad-multistep", "rad-native-onestep", "dcd-onestep")
+ROWS = ("ar",) + tuple(f"{r}-b{L}" for L in (4, 8) for r in ("rad-multistep", "rad-native-onestep", "dcd-onestep"))
 METRICS = (("tpf", "TPF"), ("rouge_l", "ROUGE-L"), ("finding_f1_micro", "finding F1 micro"),
            ("finding_f1_macro", "finding F1 macro"), ("report_validity", "report validity"),
            ("sentence_validity", "sentence validity"))
@@ -58,7 +58,7 @@ def recipe_text(run: Path, stage_dirs: list[str]) -> str:
 
 def main(run: Path, model_dir: Path, stage_dirs: list[str]) -> None:
     block = _config(run, stage_dirs[-1])["block_length"]
-    metrics = "\n\n".join(f"Phantom test split, {name} (240 studies; benchmarks/results/builtin_model):\n\n{table(run, lang)}"
+    metrics = "\n\n".join(f"Phantom test split, {name} (240 studies; benchmarks/results/builtin_model; -bL: block length L, this model is -b{block}):\n\n{table(run, lang)}"
                           for lang, name in (("en", "English"), ("zh", "Chinese")))
     write_model_card(
         model_dir,

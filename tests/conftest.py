@@ -72,3 +72,17 @@ def text_engine(tiny_text_dir):
     from echocxr.decoding.engine import ReportEngine
 
     return ReportEngine(load_backbone(tiny_text_dir, attn_implementation="sdpa"))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_vl_dir):
+    """The server tests' engine over the tiny Qwen2.5-VL, on one intra-op thread (2 shared cores: steadier)."""
+    import torch
+
+    from echocxr.backbones.loading import load_backbone
+    from echocxr.decoding.engine import ReportEngine
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield ReportEngine(load_backbone(tiny_vl_dir))
+    torch.set_num_threads(threads)

@@ -13,11 +13,11 @@ def generate_predictions(args: argparse.Namespace, samples: list[Sample]) -> Ite
     import sys
     import warnings
 
-    from echocxr.cli.report import decode_config_from_args, load_engine
+    from echocxr.decoding.options import decode_config_from_options, load_engine
     from echocxr.decoding.studies import Study, decode_studies
 
     engine = load_engine(args.model, args)
-    cfg = decode_config_from_args(engine, args)
+    cfg = decode_config_from_options(engine, args)
     device, dtype = str(engine.device), str(engine.bb.dtype).replace("torch.", "")
     bs = max(1, int(getattr(args, "gen_batch_size", 1) or 1))
     studies = [Study(s.sample_id, list(s.images) if engine.is_vision else [],

@@ -7,10 +7,13 @@ transformers) inside `run`, not at module level.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
+import re
 import sys
 
+from echocxr import __version__
 from echocxr.errors import UserError
 
 # verb -> (module, one-line help)
@@ -28,14 +31,50 @@ VERBS: dict[str, tuple[str, str]] = {
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (plus a pointer to --help), not the whole usage block."""
+    """argparse, but a usage error is one line (plus a pointer to --help), not the whole usage block, and a
+    mistyped choice gets the closest valid one suggested."""
 
     def error(self, message: str):
+        m = _INVALID_CHOICE.search(message)
+        if m:
+            hint = _closest(m.group("bad"), re.findall(r"'([^']*)'", m.group("choices")))
+            message += f"; did you mean {hint!r}?" if hint else ""
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '(?P<bad>[^']*)' \(choose from (?P<choices>.*)\)")
+
+
+def _closest(word: str, candidates: list[str]) -> str | None:
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    """Every long option of a verb, its sub-commands' too (bench decode, data convert)."""
+    out = []
+    for action in parser._actions:
+        out += [s for s in action.option_strings if s.startswith("--")]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += _option_strings(sub)
+    return out
+
+
+def unknown_arguments_error(parser: argparse.ArgumentParser, extra: list[str]) -> None:
+    """argparse's 'unrecognized arguments', naming the first unknown flag and the closest real one."""
+    flags = [x for x in extra if x.startswith("-")]
+    if not flags:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    bad = flags[0].split("=", 1)[0]
+    hint = _closest(bad, _option_strings(parser))
+    more = f" (and {len(flags) - 1} more)" if len(flags) > 1 else ""
+    parser.error(f"unrecognized argument {bad}{more}" + (f"; did you mean {hint}?" if hint else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="echocxr", description="Fast chest X-ray report generation.")
+    parser.add_argument("--version", action="version", version=f"echocxr {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, (module_name, help_text) in VERBS.items():
         try:
@@ -46,13 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         p = sub.add_parser(verb, help=help_text, description=help_text)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # what parse_args would refuse, with the verb's own flags to suggest from
+        unknown_arguments_error(getattr(args, "_parser", parser), extra)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -92,11 +92,14 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- inputs
 
 def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """Predictions file -> list of {"sample_id", "report", "stats"?}; UserError names the bad line."""
+    """Predictions file -> list of {"sample_id", "report", "stats"?}; UserError names the bad line.
+
+    A line with an "error" and no report (`echocxr report --out` rows of unreadable studies) is skipped and
+    counted on stderr, so report output chains into eval as it is."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"predictions file not found: {path}")
-    preds, seen = [], set()
+    preds, seen, errors = [], set(), 0
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -115,6 +118,9 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
             if not isinstance(reports, list) or not reports or not all(isinstance(r, str) for r in reports):
                 raise UserError(f"{path}:{lineno}: \"reports\" must be a non-empty list of strings")
         report = rec.get("report", rec.get("response", reports[0] if reports else None))
+        if report is None and rec.get("error"):
+            errors += 1
+            continue
         if not isinstance(report, str):
             raise UserError(f"{path}:{lineno}: \"report\" must be a string")
         sid = str(rec["sample_id"])
@@ -126,8 +132,12 @@ def read_predictions(path: str | Path) -> list[dict[str, Any]]:
             raise UserError(f"{path}:{lineno}: \"stats\" must be an object")
         preds.append({"sample_id": sid, "report": report, "stats": stats,
                       **({"reports": list(reports)} if reports is not None else {})})
+    if errors:
+        print(f"echocxr eval: note: skipped {errors} line{'s' * (errors != 1)} of {path} with an error and no "
+              "report (studies the generator could not read)", file=sys.stderr)
     if not preds:
-        raise UserError(f"no predictions in {path}")
+        raise UserError(f"no predictions in {path}"
+                        + (f" ({errors} line{'s' * (errors != 1)} with an error, skipped)" if errors else ""))
     return preds
 
 

@@ -37,49 +37,15 @@ def add_decode_arguments(p: argparse.ArgumentParser, model_args: bool = True) ->
 
 
 def decode_config_from_args(engine, args: argparse.Namespace):
-    return engine.default_config(
-        decoder=args.decoder, block_length=args.block_length, steps=args.steps, remasking=args.remasking,
-        threshold=args.threshold, prefill=args.prefill, fused=False if args.no_fused else None,
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        seed=args.seed,
-    )
+    from echocxr.decoding.options import decode_config_from_options
+
+    return decode_config_from_options(engine, args)
 
 
 def load_engine(model_dir: str, args: argparse.Namespace):
-    from transformers.utils import logging as hf_logging
+    from echocxr.decoding.options import load_engine as load
 
-    from echocxr.backbones.loading import load_backbone
-    from echocxr.decoding.engine import ReportEngine
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    device = resolve_device(args.device)
-    engine = ReportEngine(load_backbone(model_dir, device=device, dtype=args.dtype, attn_implementation=args.attn))
-    if getattr(args, "fast", False):
-        from echocxr.decoding.fast_engine import FastPath
-
-        engine.fast_path = FastPath(engine, compile=getattr(args, "compile", None))
-    return engine
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    _check_device(device)
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    from echocxr.errors import UserError
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but CUDA is not available")
-    if not (device == "cpu" or device.startswith("cuda") or device == "mps"):
-        raise UserError(f"unknown device {device!r} (use cpu or cuda[:N])")
+    return load(model_dir, args)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff", ".webp")
@@ -91,12 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", nargs="+", metavar="FILE",
                      help="the study's views (PNG, JPEG, DICOM); several files = one multi-view study")
-    src.add_argument("--dir", metavar="DIR", help="every image in DIR is its own study (batched)")
+    src.add_argument("--dir", metavar="DIR", help="every image in DIR and its sub-folders is its own study "
+                     "(batched; sample_id = the path under DIR without its suffix)")
     src.add_argument("--manifest", metavar="FILE", help="every record of a manifest is a study (batched)")
     p.add_argument("--lang", default="en", choices=["en", "zh"])
     p.add_argument("--json", action="store_true", help="print one JSON object with the report and its stats")
     p.add_argument("--out", metavar="FILE.jsonl", help="--dir/--manifest: write one JSON line per study here "
-                   "(default: stdout)")
+                   "(default: stdout); a row's prefill_s/decode_s are its batch's wall times (stats.batch_size, "
+                   "stats.timing = batch), an unreadable study's row carries \"error\" instead of a report")
     p.add_argument("--batch-size", type=int, default=8, help="--dir/--manifest: studies decoded together")
     add_decode_arguments(p)
 
@@ -107,11 +75,21 @@ def run(args: argparse.Namespace) -> int:
 
     args.model = model_dir_or_builtin(args.model)
     if args.image:
+        from pathlib import Path
+
+        from echocxr.errors import UserError
+
+        for path in args.image:
+            if Path(path).is_dir():
+                raise UserError(f"--image {path} is a directory: --image takes the files of one study; "
+                                f"--dir {path} writes a report for every image in it")
         images = [load_image(path) for path in args.image]  # fail fast on a bad image, before loading the model
         engine = load_engine(args.model, args)
         cfg = decode_config_from_args(engine, args)
         gen = engine.generate([engine.encode(images, lang=args.lang)], cfg)[0]
         print_warnings(gen.warnings)
+        if gen.stop == "length" and not args.json:  # --json says it in "stop"
+            print_warnings([truncation_warning(cfg.max_new_tokens)], "echocxr report")
         if args.json:
             print(json.dumps({"report": gen.text, **gen.stats(), "model": args.model, "warnings": gen.warnings},
                              ensure_ascii=False))
@@ -119,6 +97,11 @@ def run(args: argparse.Namespace) -> int:
             print(gen.text)
         return 0
     return run_many(args)
+
+
+def truncation_warning(max_new_tokens: int, n: int | None = None) -> str:
+    who, it = ("the report", "it") if n is None else (f"{n} reports", "they")
+    return f"{who} stopped at the token limit (--max-new-tokens {max_new_tokens}) before <eos>: {it} may be cut short"
 
 
 def print_warnings(lines, verb: str = "echocxr") -> None:
@@ -140,10 +123,12 @@ def list_studies(args: argparse.Namespace) -> list:
         d = Path(args.dir)
         if not d.is_dir():
             raise UserError(f"directory not found: {d}")
-        files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()
+                       and not any(part.startswith(".") for part in f.relative_to(d).parts))
         if not files:
-            raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {d}")
-        return [Study(f.stem, [str(f)], args.lang) for f in files]
+            raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {d} or its sub-folders")
+        # CheXpert / MIMIC trees repeat file names (view1_frontal.jpg) in every study folder: the id is the path
+        return [Study(f.relative_to(d).with_suffix("").as_posix(), [str(f)], args.lang) for f in files]
     from echocxr.data.manifest import load_manifest
 
     samples = load_manifest(args.manifest)
@@ -165,14 +150,16 @@ def run_many(args: argparse.Namespace) -> int:
     engine = load_engine(args.model, args)
     cfg = decode_config_from_args(engine, args)
     sink = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout  # noqa: SIM115
-    failed, warned = 0, []
+    failed, cut, warned = 0, 0, []
     try:
         for study, gen, error in decode_studies(engine, cfg, studies, args.batch_size):
             if error is not None:
                 failed += 1
                 row = {"sample_id": study.sample_id, "error": error}
             else:
-                row = {"sample_id": study.sample_id, "report": gen.text, "stats": gen.stats()}
+                stats = {**gen.stats(), "timing": "batch" if gen.batch_size > 1 else "study"}
+                row = {"sample_id": study.sample_id, "report": gen.text, "stats": stats}
+                cut += gen.stop == "length"
                 row.update({"warnings": gen.warnings} if gen.warnings else {})
                 warned.append(gen.warnings)
             sink.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -182,7 +169,8 @@ def run_many(args: argparse.Namespace) -> int:
             sink.close()
     from echocxr.decoding.notices import summarise
 
-    print_warnings(summarise(warned), "echocxr report")
+    print_warnings(summarise(warned) + ([truncation_warning(cfg.max_new_tokens, cut)] if cut else []),
+                   "echocxr report")
     if failed:
         print(f"echocxr report: {failed} of {len(studies)} studies skipped (unreadable images)", file=sys.stderr)
     return 0

@@ -12,9 +12,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("stage", choices=STAGES, help="vision (label pretraining of the tower) | ar | rad | dcd | dparallel | cd4lm | d3llm | t3d")
     p.add_argument("--config", default="phantom-tiny",
                    help=f"a named recipe ({', '.join(RECIPES)}) or a YAML file (default: phantom-tiny)")
-    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, final/)")
-    p.add_argument("--from", dest="from_dir", help="start model dir: AR for rad; Base (also the teacher) for dcd/baselines")
-    p.add_argument("--data", help="directory with <split>_<lang>.json manifests (default: the recipe makes phantoms)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl, final/); one that holds "
+                   "a run is refused unless --resume or --overwrite")
+    p.add_argument("--from", dest="from_dir", help="start model: a model dir or a finished run dir (its final/); AR "
+                   "for rad; Base (also the teacher) for dcd/baselines")
+    p.add_argument("--data", help="directory with <split>_<lang>.json manifests (default: the recipe renders "
+                   "CXR-Phantom data once into the cache, $ECHOCXR_CACHE_DIR or ~/.cache/echocxr/phantoms/)")
     p.add_argument("--lang", default="en", help="languages to train on, comma-separated (en,zh)")
     p.add_argument("--block-length", type=int, help="block length L (default: the config's)")
     p.add_argument("--max-steps", type=int)
@@ -31,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fsdp", action="store_true",
                    help="shard parameters, gradients and optimizer state over the processes (torchrun/accelerate launch)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --out (checkpoints, final/, logs) and start again")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -49,20 +54,28 @@ def run(args: argparse.Namespace) -> int:
     langs = tuple(x.strip() for x in args.lang.split(",") if x.strip())
     if not langs or any(x not in ("en", "zh") for x in langs):
         raise UserError(f"--lang must list en and/or zh, got {args.lang!r}")
-    if args.from_dir and not Path(args.from_dir).is_dir():
-        raise UserError(f"--from directory not found: {args.from_dir}")
+    from echocxr.training.run_dir import resolve_model_dir
+
+    from_dir = resolve_model_dir(Path(args.from_dir)) if args.from_dir else None
     cfg = load_config(args.stage, args.config, block_length=args.block_length, max_steps=args.max_steps,
                       lr=args.lr, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                       layout=args.layout, sw=False if args.no_sw else None, eos_ce=args.eos_ce,
                       rkl=True if args.rkl else None, seed=args.seed, label_weight=args.label_weight,
                       fsdp=True if args.fsdp else None)
     summary = run_stage(StageRequest(stage=args.stage, cfg=cfg, out=Path(args.out),
-                                     from_dir=Path(args.from_dir) if args.from_dir else None,
+                                     from_dir=from_dir,
                                      data_dir=Path(args.data) if args.data else None, languages=langs,
-                                     resume=args.resume, progress=not args.no_progress))
+                                     resume=args.resume, overwrite=args.overwrite,
+                                     progress=not args.no_progress))
     last = summary.get("last", {})
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
+    if summary.get("already_finished"):
+        import sys
+
+        print(f"echocxr train: {args.out} is a finished {args.stage} run ({summary.get('steps_done')} steps): "
+              "nothing to resume (--overwrite to train it again, or a larger --max-steps to continue)",
+              file=sys.stderr)
     print(json.dumps({"stage": args.stage, "final_model": summary["final_model"], "loss": last.get("loss"),
-                      "eval_loss": last.get("eval_loss"), "steps": last.get("step")}))
+                      "eval_loss": last.get("eval_loss"), "steps": last.get("step"), "data": summary.get("data")}))
     return 0

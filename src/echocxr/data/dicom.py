@@ -17,6 +17,7 @@ from PIL import Image
 from echocxr.errors import UserError
 
 _PROBE = 1e9  # far outside any pixel range: pushes values onto the ends of a VOI transform
+_BAND_PIXELS = 1 << 20
 
 
 def load_dicom(path: str | os.PathLike, frame: int = 0) -> Image.Image:
@@ -61,22 +62,56 @@ def dicom_to_uint8(arr: np.ndarray, ds, frame: int = 0) -> np.ndarray:
 
     from pydicom.pixels import apply_modality_lut
 
-    values = apply_modality_lut(arr, ds).astype(np.float64)
-    lo, hi = float(values.min()), float(values.max())
+    # Band by band (every step is per pixel): a 7000x7000 frame never exists as whole float64 copies.
+    bands = [slice(y, y + _band_rows(arr)) for y in range(0, arr.shape[0], _band_rows(arr))]
+    lo, hi = np.inf, -np.inf
+    for band in bands:
+        values = apply_modality_lut(arr[band], ds)
+        lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+    out = np.empty(arr.shape[:2], dtype=np.uint8)
+
+    def fill(voi: tuple[float, float] | None) -> None:
+        for band in bands:
+            values = apply_modality_lut(arr[band], ds).astype(np.float64)
+            out[band] = (_rescale_to_uint8(values, lo, hi) if voi is None
+                         else _rescale_to_uint8(_apply_voi(values, ds), *voi))
+
     try:
-        voi = _apply_voi(values, ds)
+        fill(_voi_range(ds))
     except (ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError):
-        voi = None  # malformed VOI attributes: fall back to the full data range
-    if voi is not None:
-        values, lo, hi = voi
-    out = _rescale_to_uint8(values, lo, hi)
+        fill(None)  # malformed VOI attributes: the full data range
     if str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         out = 255 - out
     return out
 
 
-def _apply_voi(values: np.ndarray, ds) -> tuple[np.ndarray, float, float] | None:
-    """VOI LUT (preferred) or window centre/width, with the transform's output range for scaling."""
+def _band_rows(arr: np.ndarray) -> int:
+    return max(1, _BAND_PIXELS // max(1, int(np.prod(arr.shape[1:]))))
+
+
+def _voi_range(ds) -> tuple[float, float] | None:
+    """The output range of the VOI LUT (preferred) or window centre/width, or None (none, or malformed)."""
+    from pydicom.pixels import apply_voi_lut, apply_windowing
+
+    try:
+        if ds.get("VOILUTSequence"):
+            desc = list(ds.VOILUTSequence[0].LUTDescriptor)
+            n_entries, first = int(desc[0]) or 2**16, int(desc[1])
+            full = apply_voi_lut(np.arange(first, first + n_entries, dtype=np.int64), ds, index=0, prefer_lut=True)
+            lo, hi = float(full.min()), float(full.max())
+        elif "WindowCenter" in ds and "WindowWidth" in ds:
+            with np.errstate(all="ignore"):  # SIGMOID on the probe overflows exp() harmlessly
+                ends = apply_windowing(np.array([-_PROBE, _PROBE]), ds, index=0)
+            lo, hi = float(np.min(ends)), float(np.max(ends))
+        else:
+            return None
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError):
+        return None  # malformed VOI attributes: fall back to the full data range
+    return (lo, hi) if np.isfinite(lo) and np.isfinite(hi) and hi > lo else None
+
+
+def _apply_voi(values: np.ndarray, ds) -> np.ndarray:
+    """VOI LUT (preferred) or window centre/width applied to modality values (one band)."""
     from pydicom.pixels import apply_voi_lut, apply_windowing
 
     if ds.get("VOILUTSequence"):
@@ -85,18 +120,10 @@ def _apply_voi(values: np.ndarray, ds) -> tuple[np.ndarray, float, float] | None
         # Clip first: pydicom indexes with the LUT's own dtype, so out-of-table values would wrap.
         idx = np.clip(np.rint(values), first, first + n_entries - 1).astype(np.int64)
         out = apply_voi_lut(idx, ds, index=0, prefer_lut=True)
-        full = apply_voi_lut(np.arange(first, first + n_entries, dtype=np.int64), ds, index=0, prefer_lut=True)
-        lo, hi = float(full.min()), float(full.max())
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        with np.errstate(all="ignore"):  # SIGMOID on the probe overflows exp() harmlessly
-            out = apply_windowing(values, ds, index=0)
-            ends = apply_windowing(np.array([-_PROBE, _PROBE]), ds, index=0)
-        lo, hi = float(np.min(ends)), float(np.max(ends))
     else:
-        return None
-    if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
-        return None
-    return out.astype(np.float64), lo, hi
+        with np.errstate(all="ignore"):
+            out = apply_windowing(values, ds, index=0)
+    return out.astype(np.float64)
 
 
 def _rescale_to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:

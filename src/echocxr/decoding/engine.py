@@ -30,6 +30,9 @@ from echocxr.errors import UserError
 EventHook = Callable[[DecodeEvent], None]
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-5, 100.0  # sampling temperatures float32 logits survive
+
+
 @dataclass
 class DecodeConfig:
     decoder: str = "onestep"  # ar | multistep | onestep
@@ -62,8 +65,15 @@ class DecodeConfig:
             raise UserError(f"max new tokens must be in 1..8192, got {self.max_new_tokens}")
         if not 0.0 <= self.threshold <= 1.0:
             raise UserError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1.0 or self.top_k < 0:
-            raise UserError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
+        # NaN fails every comparison; a temperature outside this range makes float32 logits inf or NaN
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            raise UserError(f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], "
+                            f"got {self.temperature}")
+        if not 0 < self.top_p <= 1.0 or self.top_k < 0:
+            raise UserError("need 0 < top_p <= 1 and top_k >= 0")
+        if not 0 <= self.seed < 2**64:  # torch.Generator takes 64-bit seeds
+            shown = self.seed if abs(self.seed) < 10**20 else f"a {self.seed.bit_length()}-bit number"
+            raise UserError(f"seed must be in 0..2^64-1, got {shown}")
         return self
 
     @property
@@ -169,7 +179,7 @@ class ReportEngine:
         if not prompts:
             return []
         if self.fast_path is not None and self.fast_path.supports(cfg, prompts):
-            return self.fast_path.generate(prompts, cfg, on_event=on_event, is_cancelled=is_cancelled)
+            return _batched(self.fast_path.generate(prompts, cfg, on_event=on_event, is_cancelled=is_cancelled))
         mode = "ar" if cfg.decoder == "ar" else cfg.prefill
         rope = self._rope_index if self.is_vision else None
         canvas = build_canvas(prompts, mode, cfg.block_length, cfg.max_new_tokens,
@@ -194,7 +204,7 @@ class ReportEngine:
             self._decode_ar(batch, cfg, gen, finish, on_event)
         else:
             self._decode_blocks(batch, cfg, gen, finish, on_event)
-        return [r for r in results if r is not None]  # all set: every sample ends by eos, length or cancel
+        return _batched([r for r in results if r is not None])  # every sample ends by eos, length or cancel
 
     def request_warnings(self, prompt: EncodedPrompt, cfg: DecodeConfig) -> list[str]:
         """A sample's warnings: decoder outside the model's training, then the prompt's own (language, images)."""
@@ -341,6 +351,12 @@ class _Finisher:
         if self.on_event is not None:
             self.on_event(DecodeEvent("done", int(b.index[r]), -1, -1, [], [], generation=gen))
         return gen
+
+
+def _batched(results: list[Generation]) -> list[Generation]:
+    for r in results:
+        r.batch_size = len(results)
+    return results
 
 
 def build_generation(engine: ReportEngine, cfg: DecodeConfig, row: list[int], forwards: int, prefill_s: float,

@@ -13,7 +13,8 @@ class Generation:
 
     tokens: response tokens kept, counting the <eos> that ended it (so an AR decode has TPF exactly 1.0);
     forwards: denoising forwards this sample took part in (prefill and vanilla KV-write passes excluded);
-    prefill_s: wall time of the batch's prefill; decode_s: from decode start until this sample finished.
+    prefill_s: wall time of the batch's prefill; decode_s: from decode start until this sample finished;
+    batch_size: samples decoded together (above 1, both times are the batch's wall clock, shared by its samples).
     """
 
     text: str
@@ -26,6 +27,7 @@ class Generation:
     decoder: str = ""
     block_length: int = 1
     warnings: list[str] = field(default_factory=list)  # request outside the model's training (not a stat)
+    batch_size: int = 1
 
     @property
     def tpf(self) -> float:

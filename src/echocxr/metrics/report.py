@@ -1,7 +1,8 @@
 """Evaluation outputs: per_sample.jsonl + summary.json, a Table-1-style markdown table, a scatter plot.
 
 Units follow the paper: ROUGE-L, METEOR, BLEU-4, RaTEScore, SemScore and finding P/R/F1 in percent;
-CIDEr (already x10) and PPL as they are; TPF in tokens per forward, TPS in tokens per second.
+CIDEr (its definition includes the x10) and PPL raw, as computed; TPF in tokens per forward, TPS in tokens
+per second. Each summary records them under `units`, and the table's footnote is written from those.
 In a summary, every metric value equals the mean of its per-sample column except the corpus-level
 ones (BLEU-4, finding F1 micro/macro).
 """
@@ -27,8 +28,12 @@ COLUMNS: dict[str, str] = {
     "missing_statements": "Missing", "unexpected_statements": "Unexpected", "ppl": "PPL",
 }
 LOWER_IS_BETTER = {"ppl", "repeated_statements", "missing_statements", "unexpected_statements"}
-QUALITY_FOR_PLOT = ("rouge_l", "ratescore", "semscore", "cider", "report_validity", "sentence_validity")
-_PERCENT_KEYS = ("rouge_1", "rouge_2", "rouge_l", "ratescore", "semscore", "meteor", "bleu4", "report_validity", "sentence_validity")
+QUALITY_FOR_PLOT = ("rouge_l", "ratescore", "semscore", "cider", "finding_f1_micro", "report_validity",
+                    "sentence_validity")
+_PERCENT_KEYS = ("rouge_1", "rouge_2", "rouge_l", "ratescore", "semscore", "meteor", "bleu4", "report_validity", "sentence_validity",
+                 "finding_f1_micro", "finding_f1_macro")
+_SPEED_KEYS = ("tpf", "tps")
+_COUNT_KEYS = ("repeated_statements", "missing_statements", "unexpected_statements")
 
 
 def _scale(value: float | None, percent: bool) -> float | None:
@@ -189,14 +194,39 @@ def markdown_table(summaries: Sequence[dict[str, Any]], reference_row: str | Non
     lower = [COLUMNS[k] for k in keys if k in LOWER_IS_BETTER]
     if lower:
         note.append(", ".join(lower) + ": lower is better.")
-    note.append("ROUGE, METEOR, BLEU-4, RaTE, SemScore, F1 in %; CIDEr x10 (document frequencies as each run's "
-                "summary says).")
+    note += _unit_notes(summaries, keys)
     note.append("Protocol official: scored as the official ECHO pipeline does (outputs parsed and rebuilt; "
                 "the paper's tables); raw: reports scored as written.")
-    if "report_validity" in keys:
-        note.append("Valid rep./sent.: CXR-Phantom reports (sentences) exactly as the grammar writes them, in %; "
-                    "Repeats, Missing, Unexpected: statements per report.")
     return "\n".join(lines) + "\n\n" + " ".join(note) + "\n"
+
+
+def _unit_notes(summaries: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:
+    """The footnote's units, for the columns shown only, as the summaries record them (`units`)."""
+    def unit(k: str) -> str:
+        recorded = {s.get("units", {}).get(k) for s in summaries} - {None}
+        return recorded.pop() if len(recorded) == 1 else ("percent" if k in _PERCENT_KEYS else "raw")
+
+    quality = [k for k in keys if k not in _SPEED_KEYS and k not in _COUNT_KEYS]
+    percent = [COLUMNS[k] for k in quality if unit(k) == "percent" and k not in ("report_validity", "sentence_validity")]
+    raw = [COLUMNS[k] for k in quality if unit(k) != "percent"]
+    out = []
+    if any(k in keys for k in _SPEED_KEYS):
+        out.append("TPF: tokens per forward; TPS: tokens per second.")
+    if percent:
+        out.append(", ".join(percent) + " in %.")
+    if raw:
+        out.append(", ".join(raw) + ": raw, as in summary.json"
+                   + (" (CIDEr's usual scale: its definition includes the x10; document frequencies from the "
+                      "evaluated references unless a run was given --cider-df)" if "cider" in keys else "") + ".")
+    if "report_validity" in keys:
+        out.append("Valid rep./sent.: CXR-Phantom reports (sentences) exactly as the grammar writes them, in %; "
+                   "Repeats, Missing, Unexpected: statements per report.")
+    return out
+
+
+def plot_panels(summaries: Sequence[dict[str, Any]], metrics: Sequence[str] = QUALITY_FOR_PLOT) -> list[str]:
+    """The quality metrics a plot of these runs gets a panel for: those some run has a value of."""
+    return [m for m in metrics if any(isinstance(s.get(m), (int, float)) for s in summaries)]
 
 
 def plot_quality_vs_tpf(summaries: Sequence[dict[str, Any]], path: str | os.PathLike,
@@ -211,7 +241,7 @@ def plot_quality_vs_tpf(summaries: Sequence[dict[str, Any]], path: str | os.Path
     usable = [s for s in summaries if isinstance(s.get("tpf"), (int, float))]
     if not usable:
         raise UserError("no run has a TPF (speed stats) to plot against")
-    panels = [m for m in metrics if any(isinstance(s.get(m), (int, float)) for s in usable)]
+    panels = plot_panels(usable, metrics)
     if not panels:
         raise UserError("no quality metric to plot (need one of " + ", ".join(metrics) + ")")
     markers = "osD^vP*Xph<>"
@@ -223,10 +253,15 @@ def plot_quality_vs_tpf(summaries: Sequence[dict[str, Any]], path: str | os.Path
             if isinstance(s.get(key), (int, float)):
                 ax.scatter(s["tpf"], s[key], s=60, marker=markers[i % len(markers)],
                            color=colours[i % len(colours)], label=str(s.get("name")), zorder=3)
+            if key == "finding_f1_micro" and isinstance(s.get("finding_f1_macro"), (int, float)):
+                ax.scatter(s["tpf"], s["finding_f1_macro"], s=60, marker=markers[i % len(markers)],
+                           facecolors="none", edgecolors=colours[i % len(colours)], zorder=3)  # macro: hollow
         unit = " (%)" if key in _PERCENT_KEYS else ""
         ax.set_xlabel("tokens per forward (TPF)")
-        ax.set_ylabel(COLUMNS.get(key, key) + unit)
-        ax.set_title(f"{COLUMNS.get(key, key)} vs TPF (higher is better)", fontsize=10)
+        name = "finding F1" if key == "finding_f1_micro" else COLUMNS.get(key, key)
+        ax.set_ylabel(name + unit)
+        ax.set_title(f"{name} vs TPF (higher is better)" + (
+            "\nfilled: micro, hollow: macro" if key == "finding_f1_micro" else ""), fontsize=10)
         ax.grid(True, alpha=0.3, zorder=0)
         ax.set_xlim(0, max_tpf * 1.1 + 0.5)
     handles, labels = axes[0][0].get_legend_handles_labels()

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from echocxr.cache import cache_root
 from echocxr.errors import UserError
 
 # The database files NLTK's reader opens (lexnames is generated when missing).
@@ -66,12 +67,6 @@ def candidate_dirs() -> list[Path]:
         dirs.append(Path(os.environ["WNHOME"]) / "dict")
     dirs += [Path("/usr/share/wordnet"), Path("/usr/local/WordNet-3.0/dict")]
     return dirs
-
-
-def cache_root() -> Path:
-    if os.environ.get("ECHOCXR_CACHE_DIR"):
-        return Path(os.environ["ECHOCXR_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "echocxr"
 
 
 def find_database(dirs: list[Path] | None = None) -> Path:

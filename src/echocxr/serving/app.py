@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from echocxr.backbones.prompt import PROMPTS, EncodedPrompt
 from echocxr.backbones.settings import DECODERS
@@ -34,7 +36,13 @@ from echocxr.decoding.engine import DecodeConfig, ReportEngine
 from echocxr.decoding.results import Generation
 from echocxr.errors import UserError
 from echocxr.serving.batcher import Batcher, Job, Overloaded
-from echocxr.serving.decode_upload import DEFAULT_MAX_PIXELS, ImageTooLarge, load_image_bytes
+from echocxr.serving.decode_upload import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_REQUEST_PIXELS,
+    ImageTooLarge,
+    header_pixels,
+    load_image_bytes,
+)
 from echocxr.serving.examples import example_png, list_examples
 from echocxr.serving.metrics import Metrics
 from echocxr.serving.protocol import (
@@ -50,7 +58,7 @@ from echocxr.serving.streaming import SSE_HEADERS, StreamState, sse
 
 log = logging.getLogger("echocxr.serving")
 STATIC_DIR = Path(__file__).parent / "static"
-PUBLIC_PATHS = ("/", "/health", "/favicon.ico")
+PUBLIC_PATHS = ("/", "/health", "/favicon.ico", "/examples")  # the page and its phantom examples
 PUBLIC_PREFIXES = ("/static/", "/examples/")
 ENDPOINTS = ("/", "/health", "/metrics", "/v1/models", "/v1/reports", "/v1/reports/stream",
              "/v1/chat/completions", "/examples")
@@ -68,11 +76,16 @@ class ServerConfig:
     max_views: int = 4
     max_upload_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = DEFAULT_MAX_PIXELS
+    max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS  # decoded pixels of all a request's views (413 above)
+    decode_concurrency: int = 1  # requests decoding images at once: peak decode memory ~ this x one request's
     max_prompt_chars: int = 2000
     max_prompt_tokens: int = 16384
     max_queue: int = 1024
     model_name: str = "echocxr"
     keepalive_s: float = 15.0  # SSE comment lines while a streamed request waits in the queue
+    idle_timeout_s: float = 5.0  # a keep-alive connection idle this long between requests is closed
+    head_timeout_s: float = 10.0  # a connection must send a whole request head within this (then closed)
+    body_timeout_s: float = 60.0  # the whole request body must arrive within this (else 408)
 
 
 class ReportService:
@@ -87,6 +100,13 @@ class ReportService:
         self.open_streams = 0
         self.waiting = 0  # non-streaming requests waiting for their result
         self._encode_lock = threading.Lock()  # tokenizer + image processor: one request at a time
+        # Decoded views are large (3 bytes a pixel as RGB, more while decoding): a few dedicated threads decode,
+        # one request each, so few requests hold them and the allocator reuses one arena's memory per thread
+        # (in the shared thread pool every thread's arena kept its own peak).
+        self._decoder = ThreadPoolExecutor(max(1, config.decode_concurrency), thread_name_prefix="echocxr-images")
+        self._pixels_lock = threading.Lock()
+        self.decoded_pixels = 0  # pixels of decoded views held right now, and the most ever held at once
+        self.peak_decoded_pixels = 0
 
     def counts(self) -> dict[str, int]:
         return {**self.batcher.counts(), "streams": self.open_streams, "waiting": self.waiting}
@@ -111,7 +131,8 @@ class ReportService:
         if req.instruction is not None and len(req.instruction) > c.max_prompt_chars:
             raise ApiError(400, f"prompt too long: {len(req.instruction)} characters (limit {c.max_prompt_chars})")
         cfg = self.decode_config(req.overrides)
-        prompt = await run_in_threadpool(self._encode, req)
+        ctx = contextvars.copy_context()  # the request id, for anything the decode logs
+        prompt = await asyncio.get_running_loop().run_in_executor(self._decoder, ctx.run, self._encode, req)
         if prompt.length > c.max_prompt_tokens:
             raise ApiError(400, f"prompt too long: {prompt.length} tokens (limit {c.max_prompt_tokens}); "
                                 "send fewer or smaller views")
@@ -126,17 +147,38 @@ class ReportService:
         return job
 
     def _encode(self, req: ReportRequest) -> EncodedPrompt:
-        images = []
-        for i, data in enumerate(req.images):
-            try:
-                images.append(load_image_bytes(data, self.config.max_image_pixels))
-            except UserError as exc:
-                if len(req.images) == 1:
-                    raise
-                raise type(exc)(f"view {i + 1} of {len(req.images)}: {exc}") from None
-        req.images = []  # drop the upload bytes as soon as they are decoded
-        with self._encode_lock:
-            return self.engine.encode(images or None, lang=req.lang, instruction=req.instruction)
+        """Decode the views and build the prompt: within the request's pixel budget, checked from the headers
+        before anything is decoded; runs on one of the `decode_concurrency` image threads."""
+        c = self.config
+        sizes = [header_pixels(data) for data in req.images]
+        if sum(sizes) > c.max_request_pixels:
+            raise ImageTooLarge(f"study too large: {len(sizes)} views of {sum(sizes) / 1e6:.1f} MP in all "
+                                f"(limit {c.max_request_pixels / 1e6:.1f} MP per request)")
+        held = 0
+        try:
+            images = []
+            for i, data in enumerate(req.images):
+                try:
+                    images.append(load_image_bytes(data, c.max_image_pixels))
+                except UserError as exc:
+                    if len(req.images) == 1:
+                        raise
+                    raise type(exc)(f"view {i + 1} of {len(req.images)}: {exc}") from None
+                held += images[-1].width * images[-1].height
+                self._count_pixels(images[-1].width * images[-1].height)
+            req.images = []  # drop the upload bytes as soon as they are decoded
+            with self._encode_lock:
+                return self.engine.encode(images or None, lang=req.lang, instruction=req.instruction)
+        finally:
+            self._count_pixels(-held)
+
+    def close(self) -> None:
+        self._decoder.shutdown(wait=True, cancel_futures=True)
+
+    def _count_pixels(self, delta: int) -> None:
+        with self._pixels_lock:
+            self.decoded_pixels += delta
+            self.peak_decoded_pixels = max(self.peak_decoded_pixels, self.decoded_pixels)
 
     async def result(self, job: Job, request: Request) -> Generation | None:
         """Wait for a job's Generation; None (and the job cancelled) if the client disconnects first."""
@@ -273,6 +315,7 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = rid
         t0 = time.perf_counter()
         status = [0]
+        note = ""
 
         async def send_with_id(message) -> None:
             if message["type"] == "http.response.start":
@@ -288,14 +331,29 @@ class RequestContext:
                 await resp(scope, receive, send_with_id)
                 return
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:  # the client hung up before its request was read: nobody to answer
+            status[0] = status[0] or 499
+            note = " (client disconnected during the upload)"
+        except Exception as exc:  # a bug: answered here, inside the request id's scope, not by Starlette
+            log.error("request_id=%s internal error %s", rid, type(exc).__name__)
+            log.debug("request_id=%s traceback", rid, exc_info=True)  # tracebacks can quote request data
+            self.metrics.inc("errors_total", labels={"type": "server_error"})
+            if status[0]:  # the response had begun (a stream): it ends cut short, the server closes the connection
+                status[0] = 500
+            else:
+                resp = JSONResponse(error_body("internal server error", "server_error"), status_code=500)
+                await resp(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - t0
             endpoint = _endpoint_label(scope)
             code = status[0] or 499  # no response started: the client went away
+            if code == 499:
+                self.metrics.inc("client_disconnects_total", labels={"endpoint": endpoint})
             self.metrics.inc("requests_total", labels={"endpoint": endpoint, "code": str(code)})
             if endpoint not in ("static", "/metrics", "/health"):
                 self.metrics.observe("request_latency_seconds", elapsed, labels={"endpoint": endpoint})
-            log.info("request_id=%s %s %s status=%d ms=%.1f", rid, scope["method"], endpoint, code, elapsed * 1e3)
+            log.info("request_id=%s %s %s status=%d ms=%.1f%s", rid, scope["method"], endpoint, code, elapsed * 1e3,
+                     note)
             request_id_var.reset(token)
 
     def _authorized(self, path: str, headers: dict[str, str]) -> bool:
@@ -322,22 +380,24 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
         service.batcher.start()
         yield
         await run_in_threadpool(service.batcher.stop)
+        await run_in_threadpool(service.close)
 
     app = FastAPI(title="echocxr", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None,
                   summary="Chest X-ray report generation with one-step block diffusion")
     app.state.service = service
+    app.state.config = config  # uvicorn_config reads the connection timeouts here
     app.state.metrics = metrics
     app.add_middleware(RequestContext, config=config, metrics=metrics)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    def fail(status: int, message: str, type_: str) -> JSONResponse:
+    def fail(status: int, message: str, type_: str, headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.inc("errors_total", labels={"type": type_})
         log.info("request_id=%s error status=%d type=%s", request_id_var.get(), status, type_)
-        return JSONResponse(error_body(message, type_), status_code=status)
+        return JSONResponse(error_body(message, type_), status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return fail(exc.status, exc.message, exc.type)
+        return fail(exc.status, exc.message, exc.type, exc.headers)
 
     @app.exception_handler(UserError)
     async def _user_error(request: Request, exc: UserError) -> JSONResponse:
@@ -356,13 +416,8 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request_error")
         return fail(exc.status_code, str(exc.detail), kind)
 
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        log.error("request_id=%s internal error %s", request_id_var.get(), type(exc).__name__)
-        return fail(500, "internal server error", "server_error")
-
     async def read_request(request: Request, chat: bool = False) -> ReportRequest:
-        body = await _read_body(request, config.max_upload_bytes)
+        body = await _read_body(request, config.max_upload_bytes, config.body_timeout_s)
         ctype = request.headers.get("content-type", "application/json")
         mime = ctype.split(";")[0].strip().lower()  # the boundary parameter is case-sensitive: keep ctype as is
         if chat or mime in ("application/json", "text/plain"):
@@ -387,6 +442,8 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
                 "decoder": cfg.decoder, "block_length": cfg.block_length, "max_new_tokens": cfg.max_new_tokens,
                 "decoders": list(DECODERS), "languages": list(PROMPTS), "max_views": config.max_views,
                 "max_batch": config.max_batch, **_trained_for(engine), **service.counts()}
+
+    app.add_api_route("/health", health, methods=["HEAD"], include_in_schema=False)  # load balancers' probe
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
@@ -526,15 +583,21 @@ def _endpoint_label(scope) -> str:
     return path if path in ENDPOINTS else "other"
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes (before it is all read)."""
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (before it is all read), and
+    with 408 (connection closed) when it has not all arrived within `timeout_s` (a trickling client)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"upload too large: {int(declared)} bytes (limit {limit})", "request_too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"upload too large: over {limit} bytes", "request_too_large")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"upload too large: over {limit} bytes", "request_too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"upload too slow: the request body did not arrive within {timeout_s:g} s "
+                            f"({size} bytes received)", "request_timeout", {"Connection": "close"}) from None
     return b"".join(chunks)

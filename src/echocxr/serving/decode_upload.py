@@ -19,6 +19,7 @@ from echocxr.errors import UserError
 
 PIL_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")  # a short list: fewer decoders exposed to uploads
 DEFAULT_MAX_PIXELS = 50_000_000  # per image, before the model's own 2.25 MP resize
+DEFAULT_MAX_REQUEST_PIXELS = 64_000_000  # all views of one request together
 MIN_SIDE = 28  # one vision patch; smaller is not a radiograph
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
                        re.IGNORECASE)
@@ -53,6 +54,22 @@ def load_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
             raise ImageTooLarge(f"image too large: {_one_line(exc)}") from None
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise UserError(f"cannot decode {im.format} image: {_one_line(exc)}") from None
+
+
+def header_pixels(data: bytes) -> int:
+    """Pixels a view will decode to (width x height x frames), read from its header only; 0 when the header
+    cannot be read (`load_image_bytes` then says why). Lets a request's pixel budget refuse before decoding."""
+    try:
+        if len(data) >= 132 and data[128:132] == b"DICM" or data[:2] in (b"\x02\x00", b"\x08\x00"):
+            import pydicom
+
+            ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, force=True)
+            return (int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+                    * max(1, int(ds.get("NumberOfFrames", 1) or 1)))
+        with Image.open(BytesIO(data), formats=PIL_FORMATS) as im:
+            return im.width * im.height
+    except Exception:  # noqa: BLE001 - any unreadable header: the decode reports it in its own words
+        return 0
 
 
 def decode_base64_image(value: str) -> bytes:
@@ -108,7 +125,12 @@ def _load_dicom_bytes(data: bytes, max_pixels: int, sniffed: bool = True) -> Ima
 def _check_size(width: int, height: int, max_pixels: int, frames: int = 1) -> None:
     if width < MIN_SIDE or height < MIN_SIDE:
         raise UserError(f"image too small: {width}x{height} pixels (need at least {MIN_SIDE}x{MIN_SIDE})")
-    if width * height * max(frames, 1) > max_pixels:
+    frames = max(frames, 1)
+    if width * height * frames > max_pixels:
+        if frames > 1:  # every frame is decoded before the first is used: they all count
+            raise ImageTooLarge(f"image too large: {frames} frames of {width}x{height} pixels = "
+                                f"{width * height * frames / 1e6:.1f} MP (limit {max_pixels / 1e6:.1f} MP; "
+                                "send a single-frame DICOM of the view)")
         raise ImageTooLarge(f"image too large: {width}x{height} pixels = {width * height / 1e6:.1f} MP "
                             f"(limit {max_pixels / 1e6:.1f} MP)")
 

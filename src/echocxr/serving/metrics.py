@@ -55,6 +55,7 @@ class Metrics:
         self.counter("forwards_total", "denoising forwards, summed over samples (TPF = tokens / forwards)")
         self.counter("batch_forwards_total", "model forwards the decode thread ran (a batch forward counts once)")
         self.counter("cancelled_total", "samples cancelled because their client went away")
+        self.counter("client_disconnects_total", "requests whose client left before the response began")
 
     def counter(self, name: str, help_text: str) -> None:
         self._help[name] = ("counter", help_text)

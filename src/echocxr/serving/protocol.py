@@ -9,6 +9,8 @@ Starlette's form parser spools large files to a temporary file and uploads must 
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 
 from echocxr.backbones.prompt import PROMPTS
@@ -19,11 +21,13 @@ from echocxr.serving.decode_upload import decode_base64_image
 class ApiError(Exception):
     """An HTTP error answered as {"error": {"message", "type"}}; the message is one line, safe to show."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
+        self.headers = headers
 
 
 # decode settings a request may change, with their parser (the rest is fixed by the server's command line)
@@ -43,22 +47,56 @@ class ReportRequest:
 
 
 def parse_json(body: bytes) -> dict:
+    """Strict JSON: no NaN/Infinity literals, bounded nesting, no lone surrogates in strings."""
     if not body.strip():
         raise ApiError(400, "empty request body (expected JSON or multipart/form-data)")
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise ApiError(400, f"malformed JSON: nested more than {MAX_JSON_DEPTH} levels deep") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+        raise ApiError(400, f"malformed JSON: {exc.msg if hasattr(exc, 'msg') else _one_line(exc)}") from None
+    except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit conversion limit
+        digits = "integer string conversion" in str(exc)
+        raise ApiError(400, "malformed JSON: an integer literal has too many digits" if digits
+                       else f"malformed JSON: {_one_line(exc)}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
+    _check_json_values(data)
     return data
+
+
+MAX_JSON_DEPTH = 32  # the deepest valid request (chat content parts) is 5 levels
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_constant(name: str) -> float:
+    raise ApiError(400, f"malformed JSON: {name} is not a JSON value")
+
+
+def _check_json_values(data: object) -> None:
+    """Refuse what would fail later, deep in a handler: nesting past MAX_JSON_DEPTH, lone surrogates
+    (valid JSON escapes, but not Unicode text: no tokenizer or UTF-8 encoder takes them)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ApiError(400, f"malformed JSON: nested more than {MAX_JSON_DEPTH} levels deep")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                stack.append((k, depth))
+                stack.append((v, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+        elif isinstance(value, str) and _SURROGATE.search(value):
+            raise ApiError(400, "malformed JSON: a string holds a lone UTF-16 surrogate (not Unicode text)")
 
 
 def report_from_json(data: dict) -> ReportRequest:
     """/v1/reports JSON: {"images": [base64 or data: URI, ...], "lang", "decoder", ...}."""
     unknown = sorted(set(data) - set(REPORT_FIELDS))
     if unknown:
-        raise ApiError(400, f"unknown field {unknown[0]!r} (allowed: {', '.join(REPORT_FIELDS)})")
+        raise ApiError(400, f"unknown field {_show(unknown[0])} (allowed: {', '.join(REPORT_FIELDS)})")
     images = data.get("images", [])
     if isinstance(images, str):
         images = [images]
@@ -98,7 +136,7 @@ def report_from_form(parts: list[tuple[str, str | None, bytes]]) -> ReportReques
             except UnicodeDecodeError:
                 raise ApiError(400, f"form field {name!r} is not UTF-8 text") from None
         else:
-            raise ApiError(400, f"unknown form field {name!r} (send views as 'images' files; "
+            raise ApiError(400, f"unknown form field {_show(name)} (send views as 'images' files; "
                                 f"other fields: {', '.join(REPORT_FIELDS[1:])})")
     _common_fields(req, fields, from_form=True)
     req.stream = _as_bool("stream", fields.get("stream", False))
@@ -138,7 +176,10 @@ def report_from_chat(data: dict) -> ReportRequest:
                 raise ApiError(400, f"messages[{i}].content[{j}]: unsupported content part type {kind!r} "
                                     "(use 'text' or 'image_url')")
         text = "\n".join(t for t in texts if t.strip())  # the last user turn's text is the instruction
-    if int(data.get("n", 1) or 1) != 1:
+    n = data.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+        raise ApiError(400, f"'n' must be an integer, got {_show(n)}")
+    if n not in (None, 1):
         raise ApiError(400, "only n=1 is supported")
     fields = {k: data[k] for k in ("lang", "decoder", "steps", "threshold", "temperature", "seed") if k in data}
     limit = data.get("max_completion_tokens", data.get("max_tokens"))
@@ -203,8 +244,8 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str, str | Non
 
 def _common_fields(req: ReportRequest, data: dict, from_form: bool = False) -> None:
     lang = data.get("lang", "en")
-    if lang not in PROMPTS:
-        raise ApiError(400, f"unknown language {lang!r} (use one of: {', '.join(PROMPTS)})")
+    if not isinstance(lang, str) or lang not in PROMPTS:
+        raise ApiError(400, f"unknown language {_show(lang)} (use one of: {', '.join(PROMPTS)})")
     req.lang = lang
     instruction = data.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
@@ -213,19 +254,46 @@ def _common_fields(req: ReportRequest, data: dict, from_form: bool = False) -> N
     for name, kind in _OVERRIDES.items():
         if data.get(name) is None:
             continue
-        value = data[name]
-        if kind is not str and (isinstance(value, bool) or (not from_form and isinstance(value, str))):
-            raise ApiError(400, f"{name!r} must be a number")
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ApiError(400, f"{name!r} must be an integer")
-        try:
-            value = kind(value)
-        except (TypeError, ValueError):
-            raise ApiError(400, f"{name!r} must be {'an integer' if kind is int else 'a number'}") from None
-        req.overrides[name] = value
+        req.overrides[name] = _override(name, kind, data[name], from_form)
     decoder = req.overrides.get("decoder")
     if decoder is not None and decoder not in DECODERS:
-        raise ApiError(400, f"unknown decoder {decoder!r} (use one of: {', '.join(DECODERS)})")
+        raise ApiError(400, f"unknown decoder {_show(decoder)} (use one of: {', '.join(DECODERS)})")
+
+
+def _override(name: str, kind: type, value: object, from_form: bool) -> object:
+    """One decode setting, typed; ranges are the engine's to check (DecodeConfig.validate)."""
+    if kind is str:
+        if not isinstance(value, str):
+            raise ApiError(400, f"{name!r} must be a string")
+        return value
+    what = "an integer" if kind is int else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or (
+            isinstance(value, str) and not from_form):
+        raise ApiError(400, f"{name!r} must be {what}")
+    if isinstance(value, str) and len(value) > 100:
+        raise ApiError(400, f"{name!r} must be {what} (got {len(value)} characters)")
+    try:
+        number = float(value) if kind is float else value
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ApiError(400, f"{name!r} must be {what}") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ApiError(400, f"{name!r} must be a finite number, got {value}")
+    return number
+
+
+def _show(value: object, limit: int = 40) -> str:
+    """A client's value quoted for an error message: one line, short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _one_line(exc: BaseException) -> str:
+    msg = " ".join(str(exc).split()) or type(exc).__name__
+    return msg if len(msg) <= 160 else msg[:157] + "..."
 
 
 def _as_bool(name: str, value: object) -> bool:

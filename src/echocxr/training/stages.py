@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from echocxr.errors import UserError
 from echocxr.training.config import TrainConfig
 from echocxr.training.examples import build_examples
 from echocxr.training.objectives import ARObjective, DCDObjective, PromptPositions, RADObjective, TokenIds
+from echocxr.training.run_dir import changed_settings, check_run_folder, clear_run_folder, read_run_folder
 
 
 @dataclass
@@ -24,23 +26,45 @@ class StageRequest:
     data_dir: Path | None = None
     languages: tuple[str, ...] = ("en",)
     resume: bool = False
+    overwrite: bool = False  # delete a previous run's files in `out` first
     progress: bool = True
 
 
 def ensure_data(req: StageRequest) -> Path:
-    """The manifests' directory: --data, or a phantom set the recipe makes (once) next to the run."""
+    """The manifests' directory: --data, or the phantom set the recipe makes, once, in the cache folder
+    (`<cache>/phantoms/<spec>`, named in the run's summary) so every stage and run of that recipe shares it.
+    A set an earlier version rendered beside the run (`<out>/../phantoms-...`) is still used."""
     if req.data_dir is not None:
         if not Path(req.data_dir).is_dir():
             raise UserError(f"data directory not found: {req.data_dir}")
         return Path(req.data_dir)
     spec = dict(n=256, seed=0, image_size=req.cfg.image_size or 128) | (req.cfg.phantoms or {})
-    data = req.out.parent / f"phantoms-n{spec['n']}-s{spec['seed']}-{spec['image_size']}px"
+    splits = tuple(spec.get("splits", (0.8, 0.1, 0.1)))
+    name = f"phantoms-n{spec['n']}-s{spec['seed']}-{spec['image_size']}px"
+    legacy = req.out.parent / name
+    if (legacy / "train_en.json").is_file():
+        return legacy
+    if tuple(splits) != (0.8, 0.1, 0.1):
+        name += "-split" + "-".join(f"{x:g}" for x in splits)
+    from echocxr.cache import cache_root
+
+    data = cache_root() / "phantoms" / name
     if not (data / "train_en.json").is_file():
+        import os
+        import shutil
+        import sys
+
         from echocxr.data.phantom.generate import write_phantom_set
 
-        splits = tuple(spec.get("splits", (0.8, 0.1, 0.1)))
-        write_phantom_set(data, n=int(spec["n"]), seed=int(spec["seed"]), image_size=int(spec["image_size"]),
+        print(f"echocxr train: rendering CXR-Phantom data ({spec['n']} studies) into {data} "
+              "(set ECHOCXR_CACHE_DIR to put it elsewhere)", file=sys.stderr, flush=True)
+        tmp = data.parent / f".tmp-{name}-{os.getpid()}"  # another process may render the same set meanwhile
+        write_phantom_set(tmp, n=int(spec["n"]), seed=int(spec["seed"]), image_size=int(spec["image_size"]),
                           splits=splits, progress=req.progress)
+        try:
+            os.replace(tmp, data)
+        except OSError:  # it got there first: the same bytes (deterministic), keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
     return data
 
 
@@ -114,6 +138,17 @@ def run_stage(req: StageRequest) -> dict:
     clock = _Clock()
     torch.manual_seed(cfg.seed)
     state = PartialState(cpu=not torch.cuda.is_available())  # must match the Accelerator made in loop.py
+    mode = check_run_folder(req.out, stage, cfg.to_dict(), req.resume, req.overwrite)  # before any work
+    if mode == "finished":
+        return _finished_summary(req)
+    if mode == "resume":
+        changed = changed_settings(req.out, cfg.to_dict())
+        if changed and state.is_main_process:
+            warnings.warn(f"resuming {req.out} with other settings than it started with: {', '.join(changed)}",
+                          stacklevel=2)
+    if req.overwrite and state.is_main_process:
+        clear_run_folder(req.out)
+    state.wait_for_everyone()
     with state.main_process_first():  # rank 0 renders the phantom set once; the others then read it
         data = ensure_data(req)
     clock.lap("data_s")
@@ -207,7 +242,7 @@ def run_stage(req: StageRequest) -> dict:
     from echocxr.training.loop import run_training
 
     last = run_training(model, objective, train, val, cfg, req.out, tok, ip, stage_settings(stage, cfg, req, data),
-                        resume=req.resume, stage=stage, progress=req.progress, aux=aux)
+                        resume=mode == "resume", stage=stage, progress=req.progress, aux=aux)
     clock.lap("train_s")
     if stage == "vision" and state.is_main_process:
         from echocxr.training.vision import label_scores
@@ -219,6 +254,15 @@ def run_stage(req: StageRequest) -> dict:
     if state.is_main_process:
         (req.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def _finished_summary(req: StageRequest) -> dict:
+    """What a --resume of a finished run returns: its summary, marked, and nothing trained."""
+    try:
+        summary = json.loads((req.out / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {"stage": req.stage, "out": str(req.out), "final_model": str(req.out / "final"), "last": {}}
+    return {**summary, "already_finished": True, "steps_done": read_run_folder(req.out).last_step}
 
 
 def _first_per_language(samples: list, n: int) -> list:
