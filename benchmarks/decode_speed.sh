@@ -2,12 +2,13 @@
 # Batch-1 decoding speed (the paper's setting) of a training run's models on the CXR-Phantom test split, CPU:
 # AR vs multi-step vs one-step with the vanilla and the fused block cache.
 #   bash benchmarks/decode_speed.sh [RUN_DIR] [BLOCK_LENGTH]   (RUN_DIR from scripts/train_builtin_model.sh,
-#   default runs/builtin, block length 4 (the shipped model); the previous built-in model's run was runs/demo with block length 4)
+#   default runs/builtin, block length 8 (the shipped model); the previous built-in model's run was runs/demo with block length 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/builtin}
-L=${2:-4}
-TEACHER=${TEACHER:-rad-b$L}  # the DCD teacher and its student as scripts/train_builtin_model.sh names them
+L=${2:-8}
+# the DCD teacher and its student as scripts/train_builtin_model.sh names them
+if [ "$L" = 8 ]; then TEACHER=${TEACHER:-rad-b8-continued}; else TEACHER=${TEACHER:-rad-b$L}; fi
 STUDENT=${STUDENT:-dcd-b$L}  # (TEACHER=rad STUDENT=dcd for the previous built-in model's run, runs/demo)
 E=.venv/bin/echocxr
 # the phantom set the recipe rendered (its summary names it: the cache, or beside older runs)

@@ -56,6 +56,17 @@ def recipe_text(run: Path, stage_dirs: list[str]) -> str:
     return "; ".join(parts) + "."
 
 
+def validity_limit(run: Path, block: int) -> str:
+    """How often this model's one-step reports are valid, per language, next to AR's (from the summaries)."""
+    def valid(row: str, lang: str) -> str:
+        path = run / "eval" / f"{row}-{lang}" / "summary.json"
+        return f"{json.loads(path.read_text())['report_validity']:.1f}%" if path.is_file() else "not measured"
+    parts = [f"{name} {valid(f'dcd-onestep-b{block}', lang)} (AR {valid('ar', lang)})"
+             for lang, name in (("en", "English"), ("zh", "Chinese"))]
+    return ("Valid one-step reports on the test split: " + ", ".join(parts)
+            + "; invalid ones mix the phrasings of a statement or repeat one.")
+
+
 def main(run: Path, model_dir: Path, stage_dirs: list[str]) -> None:
     block = _config(run, stage_dirs[-1])["block_length"]
     metrics = "\n\n".join(f"Phantom test split, {name} (240 studies; benchmarks/results/builtin_model; -bL: block length L, this model is -b{block}):\n\n{table(run, lang)}"
@@ -72,8 +83,9 @@ def main(run: Path, model_dir: Path, stage_dirs: list[str]) -> None:
         recipe="Recipe `phantom-builtin` on 2 CPU cores (`bash scripts/train_builtin_model.sh`): "
                + recipe_text(run, stage_dirs),
         metrics=metrics,
-        limits=("English and Chinese CXR-Phantom reports only; other images get an out-of-domain notice.",),
-        sections={"Command": "bash scripts/train_builtin_model.sh"},
+        limits=("English and Chinese CXR-Phantom reports only; other images get an out-of-domain notice.",
+                validity_limit(run, block)),
+        sections={"Command": "INSTALL=1 bash scripts/train_builtin_model.sh"},
     )
 
 

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import json
 import random
+from pathlib import Path
+
+
+def read_golden(name: str) -> dict:
+    """A golden file of tests/data (gzipped JSON, made by scripts/golden/*)."""
+    with gzip.open(Path(__file__).parent / "data" / name, "rt", encoding="utf-8") as f:
+        return json.load(f)
 
 
 def token_hash(tokens: str) -> str:

@@ -3,25 +3,21 @@ scripts/golden/make_ptb_golden.py with Java), on IU X-ray and CXR-Phantom report
 
 from __future__ import annotations
 
-import gzip
-import json
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 
 from echocxr.metrics.ptb_tokenizer import cider_tokens, ptb_tokenize, ptb_tokenize_lines
-from tests.golden_texts import iu_cider_lines, token_hash
+from tests.golden_texts import iu_cider_lines, read_golden, token_hash
 
-GOLDEN = Path(__file__).parent / "data" / "ptb_golden.json.gz"
+GOLDEN = "ptb_golden.json.gz"
 #: the one synthetic line (of 3,000) where the jar keeps "etc." before "n't" and this tokenizer does not
 KNOWN_SYNTHETIC_DEVIATIONS = 1
 
 
 @lru_cache(maxsize=1)
 def golden() -> dict:
-    with gzip.open(GOLDEN, "rt", encoding="utf-8") as f:
-        return json.load(f)
+    return read_golden(GOLDEN)
 
 
 def _mismatches(lines: list[str], expected: list[str]) -> list[tuple[str, str, str]]:

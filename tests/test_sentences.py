@@ -3,25 +3,21 @@ golden file made by scripts/golden/make_rush_golden.py with the real PyRuSH."""
 
 from __future__ import annotations
 
-import gzip
-import json
 from functools import lru_cache
-from pathlib import Path
 
 import pytest
 
 from echocxr.metrics.sentences import assemble, split_sentence_spans, split_sentences
-from tests.golden_texts import iu_rate_texts, synthetic_rate_texts
+from tests.golden_texts import iu_rate_texts, read_golden, synthetic_rate_texts
 
-GOLDEN = Path(__file__).parent / "data" / "rush_golden.json.gz"
+GOLDEN = "rush_golden.json.gz"
 #: synthetic texts (of 700, new lines and odd list marks) still split differently from PyRuSH
 KNOWN_SYNTHETIC_DEVIATIONS = 27
 
 
 @lru_cache(maxsize=1)
 def golden() -> dict:
-    with gzip.open(GOLDEN, "rt", encoding="utf-8") as f:
-        return json.load(f)
+    return read_golden(GOLDEN)
 
 
 def _differing(texts: list[str], expected: list[list[list[int]]]) -> list[int]:
