@@ -1,6 +1,6 @@
 """Write the built-in model's MODEL_CARD.md from a run's evaluation summaries (called by train_builtin_model.sh).
 
-    python scripts/write_builtin_card.py RUN_DIR MODEL_DIR
+    python scripts/write_builtin_card.py RUN_DIR MODEL_DIR STAGE_DIR...   (the model's stages, in training order)
 """
 
 from __future__ import annotations
@@ -15,15 +15,21 @@ ROWS = ("ar",) + tuple(f"{r}-b{L}" for L in (4, 8) for r in ("rad-multistep", "r
 METRICS = (("tpf", "TPF"), ("rouge_l", "ROUGE-L"), ("finding_f1_micro", "finding F1 micro"),
            ("finding_f1_macro", "finding F1 macro"), ("report_validity", "report validity"),
            ("sentence_validity", "sentence validity"))
+LANGUAGES = (("en", "English"), ("zh", "Chinese"))
+
+
+def _summary(run: Path, row: str, lang: str) -> dict | None:
+    """One evaluation's summary.json as train_builtin_model.sh names it, or None when it was not run."""
+    path = run / "eval" / f"{row}-{lang}" / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def table(run: Path, lang: str) -> str:
     lines = ["| model | " + " | ".join(h for _, h in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
     for row in ROWS:
-        path = run / "eval" / f"{row}-{lang}" / "summary.json"
-        if not path.is_file():
+        s = _summary(run, row, lang)
+        if s is None:
             continue
-        s = json.loads(path.read_text())
         cells = [f"{s[k]:.2f}" if isinstance(s.get(k), (int, float)) else "–" for k, _ in METRICS]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -59,10 +65,9 @@ def recipe_text(run: Path, stage_dirs: list[str]) -> str:
 def validity_limit(run: Path, block: int) -> str:
     """How often this model's one-step reports are valid, per language, next to AR's (from the summaries)."""
     def valid(row: str, lang: str) -> str:
-        path = run / "eval" / f"{row}-{lang}" / "summary.json"
-        return f"{json.loads(path.read_text())['report_validity']:.1f}%" if path.is_file() else "not measured"
-    parts = [f"{name} {valid(f'dcd-onestep-b{block}', lang)} (AR {valid('ar', lang)})"
-             for lang, name in (("en", "English"), ("zh", "Chinese"))]
+        s = _summary(run, row, lang)
+        return f"{s['report_validity']:.1f}%" if s is not None else "not measured"
+    parts = [f"{name} {valid(f'dcd-onestep-b{block}', lang)} (AR {valid('ar', lang)})" for lang, name in LANGUAGES]
     return ("Valid one-step reports on the test split: " + ", ".join(parts)
             + "; invalid ones mix the phrasings of a statement or repeat one.")
 
@@ -70,7 +75,7 @@ def validity_limit(run: Path, block: int) -> str:
 def main(run: Path, model_dir: Path, stage_dirs: list[str]) -> None:
     block = _config(run, stage_dirs[-1])["block_length"]
     metrics = "\n\n".join(f"Phantom test split, {name} (240 studies; benchmarks/results/builtin_model; -bL: block length L, this model is -b{block}):\n\n{table(run, lang)}"
-                          for lang, name in (("en", "English"), ("zh", "Chinese")))
+                          for lang, name in LANGUAGES)
     write_model_card(
         model_dir,
         title=f"echocxr built-in model (CXR-Phantom, bilingual, DCD one-step, block length {block})",
