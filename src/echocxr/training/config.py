@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from echocxr.backbones.settings import REMASKING_STRATEGIES
 from echocxr.errors import UserError
 
 STAGES = ("vision", "ar", "rad", "dcd", "dparallel", "cd4lm", "d3llm", "t3d")
@@ -39,6 +40,9 @@ class TrainConfig:
     inv_t_weight: bool = False  # MDLM 1/t weighting
     # DCD (and the baselines that use trajectories)
     tau: float = 0.9  # teacher commit threshold
+    # the teacher's commit order within a block: low_confidence_dynamic (the paper: the confident positions
+    # first) or sequential (left to right, one per round; the phantom's paraphrases need it, STUDY.md §3c)
+    trajectory_remasking: str = "low_confidence_dynamic"
     trajectory_topk: int = 0  # 0: full distribution when vocab <= 4096, else 64
     sw: bool = True  # step-wise weighting
     eos_ce: float = 1.0  # weight of the extra <eos> CE (0 = off)
@@ -57,6 +61,9 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         if self.batch_size % self.micro_batch_size:
             raise UserError(f"batch_size {self.batch_size} must be a multiple of micro_batch_size {self.micro_batch_size}")
+        if self.trajectory_remasking not in REMASKING_STRATEGIES:
+            raise UserError(f"trajectory_remasking {self.trajectory_remasking!r} is not one of "
+                            f"{', '.join(REMASKING_STRATEGIES)}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise UserError(f"unknown schedule {self.schedule!r}")
         if self.layout not in ("rad", "full"):

@@ -214,9 +214,11 @@ def run_stage(req: StageRequest) -> dict:
         shard = dict(rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone)
         trajs, st = load_or_collect(cache, str(req.from_dir), engine, train, cfg.block_length, cfg.tau,
                                     cfg.trajectory_topk, cfg.max_response_tokens,
-                                    progress=req.progress and state.is_main_process, **shard)
+                                    progress=req.progress and state.is_main_process,
+                                    remasking=cfg.trajectory_remasking, **shard)
         vtrajs, _ = load_or_collect(cache, str(req.from_dir), engine, val, cfg.block_length, cfg.tau,
-                                    cfg.trajectory_topk, cfg.max_response_tokens, progress=False, **shard)
+                                    cfg.trajectory_topk, cfg.max_response_tokens, progress=False,
+                                    remasking=cfg.trajectory_remasking, **shard)
         model.train()
         del engine
         train = [e for e in train if e.key in trajs]
