@@ -46,12 +46,14 @@ evaluate() {  # evaluate NAME MODEL LANG [decoder args]
     --protocol raw --out "$RUN/eval/$name-$lang" "$@"
 }
 ROWS="ar"
-for L in 4 8; do ROWS="$ROWS rad-multistep-b$L rad-native-onestep-b$L dcd-onestep-b$L"; done
+for L in 4 8; do ROWS="$ROWS rad-multistep-b$L rad-sequential-b$L rad-native-onestep-b$L dcd-onestep-b$L"; done
 for lang in en zh; do
   evaluate ar "$RUN/ar/final" $lang --decoder ar
   for L in 4 8; do
     T=$(teacher $L)
     evaluate rad-multistep-b$L "$RUN/$T/final" $lang --decoder multistep --steps $L --remasking low_confidence_dynamic --threshold 0.9
+    # the teacher as DCD's trajectories decode it (recipe: trajectory_remasking sequential): left to right
+    evaluate rad-sequential-b$L "$RUN/$T/final" $lang --decoder multistep --steps $L --remasking sequential
     evaluate rad-native-onestep-b$L "$RUN/$T/final" $lang --decoder onestep
     evaluate dcd-onestep-b$L "$RUN/dcd-b$L/final" $lang --decoder onestep
   done

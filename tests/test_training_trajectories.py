@@ -213,8 +213,42 @@ def test_trajectory_cache_is_reused(teacher, tiny_vl_dir, tmp_path):
               trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 16, MAX_NEW),
               trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 0, 2 * MAX_NEW),
               trajectory_key(str(tiny_vl_dir), examples[:3], L, 0.9, 0, MAX_NEW),
-              trajectory_key(str(tmp_path), examples, L, 0.9, 0, MAX_NEW)}
-    assert len(others) == 6 and key not in others
+              trajectory_key(str(tmp_path), examples, L, 0.9, 0, MAX_NEW),
+              trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 0, MAX_NEW, "sequential")}
+    assert len(others) == 7 and key not in others
+    # naming the default order keeps the key of caches written before the setting existed
+    assert trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 0, MAX_NEW, "low_confidence_dynamic") == key
+
+
+def test_sequential_trajectories_commit_left_to_right_as_the_engine_does(teacher):
+    """`sequential`: one slot per round, left to right, each with the teacher's distribution given the slots
+    before it in its block; the tokens are the engine's sequential multi-step decode."""
+    engine, examples = teacher
+    cfg = teacher_config(L, 0.9, MAX_NEW, "sequential")
+    assert (cfg.remasking, cfg.steps) == ("sequential", L)
+    gens = engine.generate([e.prompt for e in examples], cfg)
+    trajs, stats = collect_trajectories(engine, examples, L, 0.9, max_new_tokens=MAX_NEW, progress=False,
+                                        remasking="sequential")
+    conf, _ = collect_trajectories(engine, examples, L, 0.9, max_new_tokens=MAX_NEW, progress=False)
+    assert trajs and stats["kept"] == len(trajs)
+    for i, e in enumerate(examples):
+        if e.key not in trajs:
+            continue
+        t = trajs[e.key]
+        assert t.tokens[:len(gens[i].token_ids)] == gens[i].token_ids
+        assert t.steps.tolist() == [j % L + 1 for j in range(len(t.tokens))]
+        assert t.probs.float().argmax(-1).tolist() == t.tokens
+    # the confidence order commits in another order (or several slots in a round): other trajectories
+    assert any(not torch.equal(conf[k].steps, trajs[k].steps) for k in conf if k in trajs)
+
+
+def test_trajectory_remasking_is_checked():
+    from echocxr.errors import UserError
+    from echocxr.training.config import load_config
+
+    assert load_config("dcd", None, trajectory_remasking="sequential").trajectory_remasking == "sequential"
+    with pytest.raises(UserError, match="trajectory_remasking"):
+        load_config("dcd", None, trajectory_remasking="random")
 
 
 def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):

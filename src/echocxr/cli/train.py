@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rkl", action="store_true", help="DCD ablation: reverse KL")
     p.add_argument("--trajectory-remasking", choices=["low_confidence_dynamic", "sequential"],
                    help="DCD/baselines: the teacher's commit order within a block (default: the config's)")
+    p.add_argument("--dcd-target", choices=["soft", "hard"],
+                   help="DCD: the teacher's distribution (soft, the paper) or its committed token (hard)")
     p.add_argument("--label-weight", type=float,
                    help="AR: weight of the finding-label BCE on the language model's states (0 = off)")
     p.add_argument("--seed", type=int)
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
                       lr=args.lr, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                       layout=args.layout, sw=False if args.no_sw else None, eos_ce=args.eos_ce,
                       rkl=True if args.rkl else None, seed=args.seed, label_weight=args.label_weight,
-                      fsdp=True if args.fsdp else None, trajectory_remasking=args.trajectory_remasking)
+                      fsdp=True if args.fsdp else None, trajectory_remasking=args.trajectory_remasking,
+                      dcd_target=args.dcd_target)
     summary = run_stage(StageRequest(stage=args.stage, cfg=cfg, out=Path(args.out),
                                      from_dir=from_dir,
                                      data_dir=Path(args.data) if args.data else None, languages=langs,

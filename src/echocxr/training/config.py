@@ -43,6 +43,9 @@ class TrainConfig:
     # the teacher's commit order within a block: low_confidence_dynamic (the paper: the confident positions
     # first) or sequential (left to right, one per round; the phantom's paraphrases need it, STUDY.md §3c)
     trajectory_remasking: str = "low_confidence_dynamic"
+    # soft: the teacher's commit-time distribution (the paper); hard: a one-hot of the token it committed
+    # (cross-entropy on the trajectory), which keeps a near-tie choice of phrasing one choice (STUDY.md §3c)
+    dcd_target: str = "soft"
     trajectory_topk: int = 0  # 0: full distribution when vocab <= 4096, else 64
     sw: bool = True  # step-wise weighting
     eos_ce: float = 1.0  # weight of the extra <eos> CE (0 = off)
@@ -64,6 +67,8 @@ class TrainConfig:
         if self.trajectory_remasking not in REMASKING_STRATEGIES:
             raise UserError(f"trajectory_remasking {self.trajectory_remasking!r} is not one of "
                             f"{', '.join(REMASKING_STRATEGIES)}")
+        if self.dcd_target not in ("soft", "hard"):
+            raise UserError(f"dcd_target must be soft or hard, got {self.dcd_target!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise UserError(f"unknown schedule {self.schedule!r}")
         if self.layout not in ("rad", "full"):

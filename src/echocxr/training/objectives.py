@@ -159,7 +159,8 @@ class DCDObjective(TrajectoryObjective):
         batch = self.batch([e.prompt for e in examples], clean, [[True] * len(c) for c in clean])
         logits, targets, _ = self.logits(model, batch)
         B, R = targets.shape
-        K = max(t.index.shape[1] for t in trajs)
+        hard = self.cfg.dcd_target == "hard"
+        K = 1 if hard else max(t.index.shape[1] for t in trajs)
         dev = logits.device
         t_index = torch.zeros(B, R, K, dtype=torch.long, device=dev)
         t_probs = torch.zeros(B, R, K, device=dev)
@@ -167,8 +168,12 @@ class DCDObjective(TrajectoryObjective):
         valid = torch.zeros(B, R, dtype=torch.bool, device=dev)
         for b, t in enumerate(trajs):
             n, k = t.index.shape
-            t_index[b, :n, :k] = t.index.to(dev)
-            t_probs[b, :n, :k] = t.probs.to(dev).float()
+            if hard:  # the committed token with probability 1: the KL below is then its cross-entropy
+                t_index[b, :n, 0] = torch.tensor(t.tokens, device=dev)
+                t_probs[b, :n, 0] = 1.0
+            else:
+                t_index[b, :n, :k] = t.index.to(dev)
+                t_probs[b, :n, :k] = t.probs.to(dev).float()
             steps = t.steps.to(dev).float()
             weight[b, :n] = steps / steps.mean() if self.cfg.sw else 1.0
             valid[b, :n] = True
