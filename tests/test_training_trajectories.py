@@ -249,6 +249,8 @@ def test_trajectory_remasking_is_checked():
     assert load_config("dcd", None, trajectory_remasking="sequential").trajectory_remasking == "sequential"
     with pytest.raises(UserError, match="trajectory_remasking"):
         load_config("dcd", None, trajectory_remasking="random")
+    with pytest.raises(UserError, match="dcd_target"):
+        load_config("dcd", None, dcd_target="onehot")
 
 
 def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):
@@ -277,7 +279,7 @@ def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):
         examples.append(e)
     ids = TokenIds(pad=tok.pad_token_id, mask=mask, eos=eos)
 
-    def by_hand(sw: bool, eos_ce: float) -> float:
+    def by_hand(sw: bool, eos_ce: float, hard: bool = False) -> float:
         per = []
         for e in examples:
             t = trajs[e.key]
@@ -294,6 +296,8 @@ def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):
                 logq = torch.log_softmax(out, -1)
                 p = t.probs[n * L:(n + 1) * L].float()
                 p = p / p.sum(-1, keepdim=True)
+                if hard:  # cross-entropy of the committed tokens (a one-hot teacher)
+                    p = torch.nn.functional.one_hot(torch.tensor(t.tokens[n * L:(n + 1) * L]), V).float()
                 kl[n * L:(n + 1) * L] = (p * (torch.log(p.clamp_min(1e-12)) - logq)).sum(-1)
                 ce[n * L:(n + 1) * L] = -logq[:, eos]
             w = t.steps.float() if sw else torch.ones(R)
@@ -304,12 +308,13 @@ def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):
             per.append(loss)
         return float(torch.stack(per).mean())
 
-    for sw, eos_ce in [(True, 1.0), (False, 0.0), (True, 0.5)]:
-        cfg = TrainConfig(block_length=L, sw=sw, eos_ce=eos_ce)
+    for sw, eos_ce, target in [(True, 1.0, "soft"), (False, 0.0, "soft"), (True, 0.5, "soft"), (True, 1.0, "hard"),
+                               (False, 0.0, "hard")]:
+        cfg = TrainConfig(block_length=L, sw=sw, eos_ce=eos_ce, dcd_target=target)
         obj = DCDObjective(PromptPositions(bb.model, False), ids, False, cfg, trajs)
         with torch.no_grad():
             loss, mets = obj(bb.model, examples, [0, 1], 0)
-        assert float(loss) == pytest.approx(by_hand(sw, eos_ce), rel=1e-4, abs=1e-5)
+        assert float(loss) == pytest.approx(by_hand(sw, eos_ce, target == "hard"), rel=1e-4, abs=1e-5)
         assert ("eos_ce" in mets) == (eos_ce > 0)
     # the reverse-KL ablation runs and differs
     obj = DCDObjective(PromptPositions(bb.model, False), ids, False, TrainConfig(block_length=L, rkl=True), trajs)
