@@ -114,7 +114,10 @@ RECIPES: dict[str, dict[str, dict]] = {
         "vision": dict(max_steps=1700, batch_size=32, micro_batch_size=32, warmup_steps=100),
         "ar": dict(max_steps=3000, freeze_vision=True, label_weight=1.0),
         "rad": dict(max_steps=1000, lr=1e-3),
-        "dcd": dict(max_steps=1000, lr=5e-4, max_examples=2000),
+        # DCD on the teacher's left-to-right trajectories with hard targets: with the paper's confidence order
+        # and soft targets the English one-step student mixed the phrasings of a statement (STUDY.md §3c)
+        "dcd": dict(max_steps=3000, lr=5e-4, max_examples=4000, trajectory_remasking="sequential",
+                    dcd_target="hard"),
     },
     # one GPU, each stage within 20 minutes on an H100
     "phantom-small": {

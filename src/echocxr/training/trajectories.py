@@ -78,7 +78,7 @@ def collect_trajectories(engine: ReportEngine, examples: list, block_length: int
                     if top is not None:
                         idx, p = top.indices[j], top.values[j]
                     else:
-                        idx, p = torch.arange(V), probs[j]
+                        idx, p = None, probs[j]
                     rec[ev.sample][ev.response_offset + j] = (ev.tokens[j], idx, p.half(), ev.step + 1)
 
         gens = engine.generate([e.prompt for e in chunk], cfg, on_event=hook)
@@ -96,7 +96,8 @@ def collect_trajectories(engine: ReportEngine, examples: list, block_length: int
             out[e.key] = Trajectory(
                 sample_id=e.sample_id,
                 tokens=[slots[j][0] for j in range(R)],
-                index=torch.stack([slots[j][1] for j in range(R)]),
+                # the full distribution's ids are one shared row (a stride-0 view: saved and held once)
+                index=(torch.arange(V).expand(R, V) if K == V else torch.stack([slots[j][1] for j in range(R)])),
                 probs=torch.stack([slots[j][2] for j in range(R)]),
                 steps=torch.tensor([slots[j][3] for j in range(R)]),
             )
