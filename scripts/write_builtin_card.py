@@ -11,7 +11,8 @@ from pathlib import Path
 
 from echocxr.backbones.card import write_model_card
 
-ROWS = ("ar",) + tuple(f"{r}-b{L}" for L in (4, 8) for r in ("rad-multistep", "rad-native-onestep", "dcd-onestep"))
+ROWS = ("ar",) + tuple(f"{r}-b{L}" for L in (4, 8)
+                       for r in ("rad-multistep", "rad-sequential", "rad-native-onestep", "dcd-onestep"))
 METRICS = (("tpf", "TPF"), ("rouge_l", "ROUGE-L"), ("finding_f1_micro", "finding F1 micro"),
            ("finding_f1_macro", "finding F1 macro"), ("report_validity", "report validity"),
            ("sentence_validity", "sentence validity"))
@@ -56,8 +57,13 @@ def recipe_text(run: Path, stage_dirs: list[str]) -> str:
         elif c["stage"] == "rad":
             parts.append(f"RAD {steps} at lr {c['lr']:g} (block length {c['block_length']})")
         else:
+            order = c.get("trajectory_remasking", "low_confidence_dynamic")
+            order = ("decoded left to right" if order == "sequential"
+                     else f"decoded most confident first, tau {c['tau']:g}")
+            target = ("hard targets: cross-entropy on the tokens the teacher committed"
+                      if c.get("dcd_target", "soft") == "hard" else "soft targets: KL to the teacher's distribution")
             parts.append(f"{c['stage'].upper()} {steps} on the teacher's trajectories of {c['max_examples']:,} studies "
-                         f"per language (tau {c['tau']:g}, step-wise weights {'on' if c['sw'] else 'off'}, "
+                         f"per language ({order}; {target}; step-wise weights {'on' if c['sw'] else 'off'}, "
                          f"<eos> CE weight {c['eos_ce']:g})")
     return "; ".join(parts) + "."
 
@@ -69,7 +75,7 @@ def validity_limit(run: Path, block: int) -> str:
         return f"{s['report_validity']:.1f}%" if s is not None else "not measured"
     parts = [f"{name} {valid(f'dcd-onestep-b{block}', lang)} (AR {valid('ar', lang)})" for lang, name in LANGUAGES]
     return ("Valid one-step reports on the test split: " + ", ".join(parts)
-            + "; invalid ones mix the phrasings of a statement or repeat one.")
+            + "; invalid ones mix the phrasings of a statement, or the words of a finding's side and zone.")
 
 
 def main(run: Path, model_dir: Path, stage_dirs: list[str]) -> None:
