@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -57,15 +58,23 @@ def pacs():
     server.shutdown()
 
 
-def send(port: int, datasets: list) -> list[int]:
-    """A modality's C-STOREs to the node, one association; the status of each."""
+def send(port: int, datasets: list, pause_s: float = 0.0, comments: list | None = None) -> list[int]:
+    """A modality's C-STOREs to the node, one association (`pause_s` between them); the status of each (and
+    its ErrorComment appended to `comments`)."""
     ae = AE(ae_title="MODALITY")
     for sop_class in (ComputedRadiographyImageStorage, MRImageStorage):
         ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title="ECHOCXR")
     assert assoc.is_established
     try:
-        return [int(assoc.send_c_store(ds).Status) for ds in datasets]
+        statuses = []
+        for i, ds in enumerate(datasets):
+            time.sleep(pause_s if i else 0.0)
+            status = assoc.send_c_store(ds)
+            statuses.append(int(status.Status))
+            if comments is not None:
+                comments.append(status.get("ErrorComment"))
+        return statuses
     finally:
         assoc.release()
 
@@ -87,8 +96,9 @@ def test_a_two_view_study_comes_back_as_an_sr_in_its_study(writer, pacs, tmp_pat
     expected, _, _ = writer([_to_image(ds) for ds in views])  # greedy: what the node must write
     config = NodeConfig(port=0, quiet_s=0.3, out_dir=tmp_path, forward=pacs.peer)
     with caplog.at_level(logging.INFO), ReportNode(writer, config, model="built-in") as node:
-        assert send(node.port, views) == [0x0000, 0x0000]
-        assert pacs.got.wait(timeout=120), "no SR reached the PACS"
+        # a slow modality: the views come further apart than --quiet-s, in one association: still one study
+        assert send(node.port, views, pause_s=3 * config.quiet_s) == [0x0000, 0x0000]
+        assert pacs.got.wait(timeout=300), "no SR reached the PACS"
     (sr,) = pacs.received
     study = views[0].StudyInstanceUID
     assert sr.SOPClassUID == ComprehensiveSRStorage and sr.StudyInstanceUID == study and sr.PatientID == "PID-123"
@@ -114,7 +124,9 @@ def test_non_chest_and_broken_objects_are_refused_and_the_node_stays_up(writer, 
     broken = chest_dataset(frontal)
     broken.PixelData = broken.PixelData[:100]  # truncated: pixels cannot be decoded
     with caplog.at_level(logging.INFO), ReportNode(writer, NodeConfig(port=0, quiet_s=0.3, out_dir=tmp_path)) as node:
-        assert send(node.port, [mr, knee, broken]) == [REFUSED, REFUSED, CANNOT_UNDERSTAND]
+        comments: list = []
+        assert send(node.port, [mr, knee, broken], comments=comments) == [REFUSED, REFUSED, CANNOT_UNDERSTAND]
+        assert comments == ["modality MR is not CR/DX", "body part KNEE is not CHEST", "pixel data cannot be decoded"]
         assert echo(node.port) == 0x0000 and node.pending() == 0
     assert list(tmp_path.iterdir()) == []
     lines = [r.getMessage() for r in caplog.records if r.name == "echocxr.dicom" and "refused" in r.getMessage()]

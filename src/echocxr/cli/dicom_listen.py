@@ -21,7 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forward", metavar="HOST:PORT:AET", help="C-STORE each SR to this node (e.g. a PACS)")
     p.add_argument("--out", metavar="DIR", help="write each SR to DIR/<StudyInstanceUID>.dcm")
     p.add_argument("--quiet-s", type=float, default=10.0, metavar="SECONDS",
-                   help="a study is complete when no new view of it arrived for this long (default 10)")
+                   help="a study is complete when its sender has hung up and no new view of it arrived for "
+                        "this long (default 10)")
     p.add_argument("--allow-aet", nargs="+", metavar="AET", help="accept associations only from these calling AE "
                    "titles (default: any)")
     p.add_argument("--max-views", type=int, default=4, help="views of a study the report reads (default 4)")
@@ -74,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc} "
                         "(another node there? choose another --port)") from None
     where = " and ".join(([f"--out {out_dir}"] if out_dir else []) + ([f"{config.forward}"] if config.forward else []))
-    print(f"echocxr dicom-listen: {config.ae_title} on {args.host}:{node.port}, reports ({decoder}) to {where}; "
-          "Ctrl-C to stop", file=sys.stderr)
-    try:
+    try:  # entered before the ready line: a Ctrl-C right after it is a clean stop too
+        print(f"echocxr dicom-listen: {config.ae_title} on {args.host}:{node.port}, reports ({decoder}) to "
+              f"{where}; Ctrl-C to stop", file=sys.stderr)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:

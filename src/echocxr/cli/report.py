@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from echocxr.backbones.settings import DECODERS, PREFILL_MODES, REMASKING_STRATEGIES
 from echocxr.clinical.formats import FORMATS
+
+if TYPE_CHECKING:
+    from echocxr.clinical.formats import Rendered
+    from echocxr.decoding.engine import DecodeConfig
 
 
 def add_decode_arguments(p: argparse.ArgumentParser, model_args: bool = True) -> None:
@@ -101,10 +106,10 @@ def run(args: argparse.Namespace) -> int:
         payload = {"report": gen.text, **gen.stats(), "model": args.model, "warnings": gen.warnings}
         write_output(render_report(fmt, gen.text, args, cfg, payload), args.out)
         return 0
-    if fmt not in ("json", "text") or args.format == "text":
+    if args.format not in (None, "json"):
         from echocxr.errors import UserError
 
-        raise UserError(f"--format {fmt} takes one study (--image); --dir/--manifest write JSON lines")
+        raise UserError(f"--format {args.format} takes one study (--image); --dir/--manifest write JSON lines")
     return run_many(args)
 
 
@@ -117,7 +122,7 @@ def output_format(args: argparse.Namespace) -> str:
     return "json" if args.json else (args.format or "text")
 
 
-def render_report(fmt: str, text: str, args: argparse.Namespace, cfg, payload: dict):
+def render_report(fmt: str, text: str, args: argparse.Namespace, cfg: DecodeConfig, payload: dict) -> Rendered:
     """The report in `fmt`; FHIR and DICOM SR name the model and decoder and cite the DICOM views."""
     from echocxr.clinical.formats import render
     from echocxr.clinical.record import ClinicalReport, describe_decoder, model_label
@@ -128,7 +133,7 @@ def render_report(fmt: str, text: str, args: argparse.Namespace, cfg, payload: d
     return render(fmt, report, payload)
 
 
-def write_output(out, path: str | None) -> None:
+def write_output(out: Rendered, path: str | None) -> None:
     """A rendered report to `path`, else stdout (binary output as bytes)."""
     if path:
         from pathlib import Path

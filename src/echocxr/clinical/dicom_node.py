@@ -33,7 +33,7 @@ class NodeConfig:
     ae_title: str = "ECHOCXR"
     host: str = "127.0.0.1"
     port: int = 11112  # 0: any free port (tests); `ReportNode.port` says which
-    quiet_s: float = 10.0  # a study is complete once no view of it arrived for this long
+    quiet_s: float = 10.0  # a study is complete once its senders have hung up and no view came for this long
     out_dir: Path | None = None  # write <StudyInstanceUID>.dcm here
     forward: DicomPeer | None = None  # and/or C-STORE the SR there
     max_views: int = 4  # views a report reads (more are received, the first ones are used)
@@ -43,7 +43,8 @@ class NodeConfig:
 @dataclass
 class _Study:
     views: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # SOPInstanceUID -> (header, RGB image)
-    last_seen: float = 0.0
+    last_seen: float = 0.0  # the last view, or the close of the last association that sent one
+    senders: set[int] = field(default_factory=set)  # open associations that sent views of it: not complete yet
 
 
 # Writes the report of a study's views: (images) -> (report text, decoder description, warnings).
@@ -54,7 +55,7 @@ def refusal(ds: Any) -> str | None:
     """Why an object is not a chest radiograph this node reports on (None: it is one)."""
     modality = str(ds.get("Modality", "") or "").upper()
     if modality not in CHEST_MODALITIES:
-        return f"modality {modality or 'missing'!s} is not CR/DX"
+        return f"modality {modality or 'missing'} is not CR/DX"
     part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
     if part and part not in CHEST_BODY_PARTS:
         return f"body part {part[:16]} is not CHEST"
@@ -94,10 +95,11 @@ class ReportNode:
         ae.add_supported_context(Verification)
         if self.config.allowed_aets:
             ae.require_calling_aet = list(self.config.allowed_aets)
+        self._server = ae.start_server((self.config.host, self.config.port), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store),
+                                                     (evt.EVT_CONN_CLOSE, self._on_close)])
         self._worker = threading.Thread(target=self._run_worker, name="echocxr-dicom-reports", daemon=True)
         self._worker.start()
-        self._server = ae.start_server((self.config.host, self.config.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         log.info("listening as %s on %s:%d", self.config.ae_title, self.config.host, self.port)
 
     @property
@@ -133,36 +135,49 @@ class ReportNode:
         self.stop(flush=exc[0] is None)
 
     # ---- receiving ----
-    def _on_store(self, event: Any) -> int:
-        """One C-STORE: check and decode the view now (the sender hears why it is refused), keep its header."""
+    def _on_store(self, event: Any) -> Any:
+        """One C-STORE: check and decode the view now (a refusal's status carries why, in ErrorComment), keep
+        its header and image."""
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
         except Exception as exc:  # noqa: BLE001 - a malformed dataset must not end the association thread
             log.warning("refused an object that cannot be parsed (%s): status 0x%04X", type(exc).__name__,
                         CANNOT_UNDERSTAND)
-            return CANNOT_UNDERSTAND
+            return _status(CANNOT_UNDERSTAND, "dataset cannot be parsed")
         sop, study = str(ds.get("SOPInstanceUID", "?")), str(ds.get("StudyInstanceUID", "?"))
         why = refusal(ds)
         if why is not None:
             log.warning("refused SOP instance %s of study %s: %s: status 0x%04X", sop, study, why, REFUSED)
-            return REFUSED
+            return _status(REFUSED, why)
         try:
             image = _to_image(ds)
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for broken or exotic pixel data
             log.warning("refused SOP instance %s of study %s: pixels cannot be decoded (%s): status 0x%04X",
                         sop, study, type(exc).__name__, CANNOT_UNDERSTAND)
-            return CANNOT_UNDERSTAND
+            return _status(CANNOT_UNDERSTAND, "pixel data cannot be decoded")
         from echocxr.clinical.sources import without_pixels
 
         with self._lock:
             entry = self._studies.setdefault(study, _Study())
             entry.views[sop] = (without_pixels(ds), image)
             entry.last_seen = time.monotonic()
+            entry.senders.add(id(event.assoc))
             n = len(entry.views)
         log.info("received SOP instance %s of study %s (%d view%s)", sop, study, n, "" if n == 1 else "s")
         self._wake.set()
         return SUCCESS
+
+    def _on_close(self, event: Any) -> None:
+        """A sender hung up (released, aborted, dropped or timed out): its studies' quiet period starts now, so
+        a slow sender's views are never split into two reports while it is still connected."""
+        key, now = id(event.assoc), time.monotonic()
+        with self._lock:
+            for study in self._studies.values():
+                if key in study.senders:
+                    study.senders.discard(key)
+                    study.last_seen = now
+        self._wake.set()
 
     # ---- reporting ----
     def _run_worker(self) -> None:
@@ -177,7 +192,8 @@ class ReportNode:
     def _due(self, everything: bool) -> list[tuple[str, _Study]]:
         now = time.monotonic()
         with self._lock:
-            due = [uid for uid, s in self._studies.items() if everything or now - s.last_seen >= self.config.quiet_s]
+            due = [uid for uid, s in self._studies.items()
+                   if everything or (not s.senders and now - s.last_seen >= self.config.quiet_s)]
             return [(uid, self._studies.pop(uid)) for uid in due]
 
     def _report(self, study_uid: str, study: _Study) -> None:
@@ -200,7 +216,7 @@ class ReportNode:
         delivered = False
         if self.config.out_dir is not None:
             try:
-                path = Path(self.config.out_dir) / f"{study_uid}.dcm"
+                path = _free_path(Path(self.config.out_dir), study_uid)
                 sr.save_as(path, enforce_file_format=True)
                 log.info("study %s: SR %s written to %s", study_uid, sr.SOPInstanceUID, path)
                 delivered = True
@@ -218,6 +234,24 @@ class ReportNode:
                 log.error("study %s: cannot send the SR to %s (%s)", study_uid, self.config.forward,
                           _one_line(exc))
         self.reports_done += delivered
+
+
+def _status(code: int, why: str) -> Any:
+    """A C-STORE failure status with its reason (ErrorComment, at most 64 characters)."""
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.Status, ds.ErrorComment = code, why[:64]
+    return ds
+
+
+def _free_path(folder: Path, study_uid: str) -> Path:
+    """<StudyUID>.dcm, or <StudyUID>-2.dcm, ... when a later view of the study got a report of its own."""
+    path, n = folder / f"{study_uid}.dcm", 1
+    while path.exists():
+        n += 1
+        path = folder / f"{study_uid}-{n}.dcm"
+    return path
 
 
 def _to_image(ds: Any) -> Any:

@@ -86,11 +86,10 @@ def _complete_header(header: Any) -> Any:
     from pydicom.dataset import Dataset
 
     ds = Dataset()
-    for keyword in (*_STUDY_ATTRS, "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID",
-                    "SpecificCharacterSet"):
+    for keyword in (*_STUDY_ATTRS, "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID"):
         value = header.get(keyword)
         if value is not None or keyword in _STUDY_ATTRS:
-            setattr(ds, keyword, value if value is not None else None)
+            setattr(ds, keyword, value)
     if "SeriesInstanceUID" not in ds or not ds.SeriesInstanceUID:
         from pydicom.uid import generate_uid
 

@@ -47,10 +47,13 @@ def describe_decoder(cfg: Any) -> str:
 
 
 def model_label(model_dir: str | os.PathLike) -> str:
-    """A model's name for a report header: the built-in model by name, any other by its directory name."""
+    """A model's name for a report header: the built-in model by name, any other by its directory name (with
+    the run's name for a run's `final/` or `checkpoint-N/`)."""
     from echocxr.backbones.builtin import BUILTIN_MODEL_DIR
 
-    path = Path(model_dir)
-    if path.resolve() == BUILTIN_MODEL_DIR.resolve():
+    path = Path(model_dir).resolve()
+    if path == BUILTIN_MODEL_DIR.resolve():
         return "echocxr built-in CXR-Phantom model (research demo)"
-    return path.resolve().name or str(model_dir)
+    if path.name == "final" or path.name.startswith("checkpoint-"):
+        return f"{path.parent.name}/{path.name}"
+    return path.name or str(model_dir)

@@ -21,7 +21,7 @@ def headers_from_bytes(blobs: Iterable[bytes]) -> tuple[Any, ...]:
     out = []
     for data in blobs:
         if is_dicom_bytes(data):
-            header = _read(BytesIO(data), force=not data[128:132] == _DICOM_MAGIC)
+            header = _read(BytesIO(data), force=data[128:132] != _DICOM_MAGIC)
             if header is not None:
                 out.append(header)
     return tuple(out)

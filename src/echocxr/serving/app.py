@@ -50,6 +50,7 @@ from echocxr.serving.protocol import (
     ApiError,
     ReportRequest,
     parse_json,
+    report_format,
     report_from_chat,
     report_from_json,
     report_from_multipart,
@@ -575,9 +576,7 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
 def _report_format(query: str | None, req: ReportRequest, request: Request) -> str:
     """The format a /v1/reports request asks for: ?format=, else its `format` field, else its Accept header
     (application/fhir+json, application/dicom), else JSON."""
-    if query is not None and query not in FORMATS:
-        raise ApiError(400, f"unknown format {query[:40]!r} (use one of: {', '.join(FORMATS)})")
-    return query or req.format or format_from_accept(request.headers.get("accept")) or "json"
+    return report_format(query) or req.format or format_from_accept(request.headers.get("accept")) or "json"
 
 
 def _dicom_sources(req: ReportRequest) -> tuple:

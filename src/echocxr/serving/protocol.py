@@ -106,7 +106,7 @@ def report_from_json(data: dict) -> ReportRequest:
     req = ReportRequest(images=[decode_base64_image(v) for v in images])
     _common_fields(req, data)
     req.stream = _as_bool("stream", data.get("stream", False))
-    req.format = _format(data.get("format"))
+    req.format = report_format(data.get("format"))
     return req
 
 
@@ -142,7 +142,7 @@ def report_from_form(parts: list[tuple[str, str | None, bytes]]) -> ReportReques
                                 f"other fields: {', '.join(REPORT_FIELDS[1:])})")
     _common_fields(req, fields, from_form=True)
     req.stream = _as_bool("stream", fields.get("stream", False))
-    req.format = _format(fields.get("format"))
+    req.format = report_format(fields.get("format"))
     return req
 
 
@@ -299,8 +299,8 @@ def _one_line(exc: BaseException) -> str:
     return msg if len(msg) <= 160 else msg[:157] + "..."
 
 
-def _format(value: object) -> str | None:
-    """The report format a request names (None: not named), checked against the formats there are."""
+def report_format(value: object) -> str | None:
+    """The report format a request names (field or query; None: not named), checked against the formats."""
     from echocxr.clinical.formats import FORMATS
 
     if value is None or value == "":
