@@ -26,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("echocxr.cli.eval", "evaluate reports: text metrics, clinical F1, speed"),
     "train": ("echocxr.cli.train", "train a stage: ar, rad, dcd or a baseline"),
     "serve": ("echocxr.cli.serve", "serve reports over HTTP"),
+    "dicom-listen": ("echocxr.cli.dicom_listen", "a DICOM node: receive chest radiographs, send back SR reports"),
     "bench": ("echocxr.cli.bench", "speed benchmarks"),
 }
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from typing import TYPE_CHECKING
 
 from echocxr.backbones.settings import DECODERS, PREFILL_MODES, REMASKING_STRATEGIES
+from echocxr.clinical.formats import FORMATS
+
+if TYPE_CHECKING:
+    from echocxr.clinical.formats import Rendered
+    from echocxr.decoding.engine import DecodeConfig
 
 
 def add_decode_arguments(p: argparse.ArgumentParser, model_args: bool = True) -> None:
@@ -61,10 +68,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "(batched; sample_id = the path under DIR without its suffix)")
     src.add_argument("--manifest", metavar="FILE", help="every record of a manifest is a study (batched)")
     p.add_argument("--lang", default="en", choices=["en", "zh"])
-    p.add_argument("--json", action="store_true", help="print one JSON object with the report and its stats")
-    p.add_argument("--out", metavar="FILE.jsonl", help="--dir/--manifest: write one JSON line per study here "
-                   "(default: stdout); a row's prefill_s/decode_s are its batch's wall times (stats.batch_size, "
-                   "stats.timing = batch), an unreadable study's row carries \"error\" instead of a report")
+    p.add_argument("--format", choices=FORMATS, help="--image: text (the default), json (the report and its "
+                   "stats), fhir (a FHIR R4 Bundle: DiagnosticReport + Observations) or dicom-sr (a DICOM "
+                   "Comprehensive SR, in the source study when the views are DICOM; binary: use --out)")
+    p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument("--out", metavar="FILE", help="write the output here instead of stdout; --dir/--manifest: one "
+                   "JSON line per study (a row's prefill_s/decode_s are its batch's wall times (stats.batch_size, "
+                   "stats.timing = batch), an unreadable study's row carries \"error\" instead of a report)")
     p.add_argument("--batch-size", type=int, default=8, help="--dir/--manifest: studies decoded together")
     add_decode_arguments(p)
 
@@ -74,11 +84,14 @@ def run(args: argparse.Namespace) -> int:
     from echocxr.data.images import load_image
 
     args.model = model_dir_or_builtin(args.model)
+    fmt = output_format(args)
     if args.image:
         from pathlib import Path
 
         from echocxr.errors import UserError
 
+        if fmt == "dicom-sr" and not args.out and sys.stdout.isatty():
+            raise UserError("--format dicom-sr writes a binary DICOM file: add --out FILE.dcm (or redirect stdout)")
         for path in args.image:
             if Path(path).is_dir():
                 raise UserError(f"--image {path} is a directory: --image takes the files of one study; "
@@ -88,15 +101,54 @@ def run(args: argparse.Namespace) -> int:
         cfg = decode_config_from_args(engine, args)
         gen = engine.generate([engine.encode(images, lang=args.lang)], cfg)[0]
         print_warnings(gen.warnings)
-        if gen.stop == "length" and not args.json:  # --json says it in "stop"
+        if gen.stop == "length" and fmt != "json":  # JSON says it in "stop"
             print_warnings([truncation_warning(cfg.max_new_tokens)], "echocxr report")
-        if args.json:
-            print(json.dumps({"report": gen.text, **gen.stats(), "model": args.model, "warnings": gen.warnings},
-                             ensure_ascii=False))
-        else:
-            print(gen.text)
+        payload = {"report": gen.text, **gen.stats(), "model": args.model, "warnings": gen.warnings}
+        write_output(render_report(fmt, gen.text, args, cfg, payload), args.out)
         return 0
+    if args.format not in (None, "json"):
+        from echocxr.errors import UserError
+
+        raise UserError(f"--format {args.format} takes one study (--image); --dir/--manifest write JSON lines")
     return run_many(args)
+
+
+def output_format(args: argparse.Namespace) -> str:
+    """--format, with --json as its alias; text when neither is given."""
+    from echocxr.errors import UserError
+
+    if args.json and args.format not in (None, "json"):
+        raise UserError(f"--json means --format json: it conflicts with --format {args.format}")
+    return "json" if args.json else (args.format or "text")
+
+
+def render_report(fmt: str, text: str, args: argparse.Namespace, cfg: DecodeConfig, payload: dict) -> Rendered:
+    """The report in `fmt`; FHIR and DICOM SR name the model and decoder and cite the DICOM views."""
+    from echocxr.clinical.formats import render
+    from echocxr.clinical.record import ClinicalReport, describe_decoder, model_label
+    from echocxr.clinical.sources import headers_from_files
+
+    sources = headers_from_files(args.image) if fmt in ("fhir", "dicom-sr") else ()
+    report = ClinicalReport(text, args.lang, model_label(args.model), describe_decoder(cfg), sources)
+    return render(fmt, report, payload)
+
+
+def write_output(out: Rendered, path: str | None) -> None:
+    """A rendered report to `path`, else stdout (binary output as bytes)."""
+    if path:
+        from pathlib import Path
+
+        from echocxr.errors import UserError
+
+        try:
+            Path(path).write_bytes(out.body if out.binary else out.body + b"\n")
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    elif out.binary:
+        sys.stdout.buffer.write(out.body)
+        sys.stdout.flush()
+    else:
+        print(out.body.decode("utf-8"))
 
 
 def truncation_warning(max_new_tokens: int, n: int | None = None) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from echocxr.data.phantom.findings import FINDING_LABELS
+from echocxr.data.phantom.findings import FINDING_LABELS, FINDING_TYPES
 
 _LATERAL = ("effusion", "pneumothorax", "consolidation", "nodule", "mass", "atelectasis", "hilar_enlargement")
 _ZONED = ("consolidation", "nodule", "mass")
@@ -152,23 +152,41 @@ def _negated(clause: str, m: _Mention, language: str) -> bool:
     return _EN_NEG_BEFORE.search(before) is not None or _EN_NEG_AFTER.search(clause[m.end:]) is not None
 
 
-def label_report(text: str, language: str = "en") -> list[str]:
-    """Sorted finding labels (CXR-Phantom vocabulary) that the report states as present."""
+def _statements(text: str, language: str) -> list[tuple[str, list[str] | None]]:
+    """(finding type, its labels, or None when the mention is negated) for every finding mention."""
     if language not in ("en", "zh"):
         raise ValueError(f"unknown language {language!r}; expected 'en' or 'zh'")
     if language == "en":
         text, split, mention_re = text.lower(), _EN_CLAUSE_SPLIT, _EN_MENTION
     else:
         split, mention_re = _ZH_CLAUSE_SPLIT, _ZH_MENTION
-    found: set[str] = set()
+    out: list[tuple[str, list[str] | None]] = []
     for clause in split.split(text):
         if not clause or not clause.strip():
             continue
         mentions = [_Mention(m.lastgroup or "", m.start(), m.end()) for m in mention_re.finditer(clause)]
         for k, m in enumerate(mentions):
             if _negated(clause, m, language):
+                out.append((m.kind, None))
                 continue
             lo = mentions[k - 1].end if k > 0 else 0
             hi = mentions[k + 1].start if k + 1 < len(mentions) else len(clause)
-            found.update(_labels_for(m.kind, clause[lo:m.end], clause[m.end:hi], clause[:lo], language))
+            out.append((m.kind, _labels_for(m.kind, clause[lo:m.end], clause[m.end:hi], clause[:lo], language)))
+    return out
+
+
+def label_report(text: str, language: str = "en") -> list[str]:
+    """Sorted finding labels (CXR-Phantom vocabulary) that the report states as present."""
+    found = {label for _, labels in _statements(text, language) for label in labels or ()}
     return sorted(found & set(FINDING_LABELS))
+
+
+def stated_findings(text: str, language: str = "en") -> tuple[list[str], list[str]]:
+    """(labels stated present, finding types stated absent): both polarities, for structured exports that
+    record "no pneumothorax" as an observation too. A type is absent only when no label of it is present
+    ("small left effusion, no right effusion" states an effusion)."""
+    statements = _statements(text, language)
+    present = sorted({label for _, labels in statements for label in labels or ()} & set(FINDING_LABELS))
+    present_types = {kind for kind, labels in statements if labels and set(labels) & set(present)}
+    absent = [t for t in FINDING_TYPES if t in {k for k, labels in statements if labels is None} - present_types]
+    return present, absent

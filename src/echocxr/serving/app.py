@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -32,6 +32,7 @@ from starlette.requests import ClientDisconnect
 
 from echocxr.backbones.prompt import PROMPTS, EncodedPrompt
 from echocxr.backbones.settings import DECODERS
+from echocxr.clinical.formats import FORMATS, format_from_accept
 from echocxr.decoding.engine import DecodeConfig, ReportEngine
 from echocxr.decoding.results import Generation
 from echocxr.errors import UserError
@@ -49,6 +50,7 @@ from echocxr.serving.protocol import (
     ApiError,
     ReportRequest,
     parse_json,
+    report_format,
     report_from_chat,
     report_from_json,
     report_from_multipart,
@@ -278,14 +280,16 @@ _REPORT_BODY = {"requestBody": {"required": True, "content": {
                    "description": "the study's views: PNG, JPEG or DICOM"},
         "lang": {"type": "string", "enum": list(PROMPTS)},
         "decoder": {"type": "string", "enum": list(DECODERS)},
-        "max_new_tokens": {"type": "integer"}, "instruction": {"type": "string"}}, "required": ["images"]}},
+        "max_new_tokens": {"type": "integer"}, "instruction": {"type": "string"},
+        "format": {"type": "string", "enum": list(FORMATS)}}, "required": ["images"]}},
     "application/json": {"schema": {"type": "object", "properties": {
         "images": {"type": "array", "items": {"type": "string"}, "description": "base64 or data: URIs"},
         "lang": {"type": "string", "enum": list(PROMPTS)},
         "decoder": {"type": "string", "enum": list(DECODERS)},
         "max_new_tokens": {"type": "integer"}, "steps": {"type": "integer"}, "threshold": {"type": "number"},
         "temperature": {"type": "number"}, "seed": {"type": "integer"}, "instruction": {"type": "string"},
-        "stream": {"type": "boolean"}}, "required": ["images"]}},
+        "stream": {"type": "boolean"}, "format": {"type": "string", "enum": list(FORMATS)}},
+        "required": ["images"]}},
 }}}
 _CHAT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["messages"], "properties": {
@@ -465,17 +469,27 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
         return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
     # ---- reports ----
+    model_label = _model_label(engine, config)
+
     @app.post("/v1/reports", openapi_extra=_REPORT_BODY)
-    async def reports(request: Request, stream: bool = False, steps: bool = False) -> Response:
-        """One study (one or more views) -> {report, findings, impression, stats}; stream=true for SSE."""
+    async def reports(request: Request, stream: bool = False, steps: bool = False,
+                      format_: str | None = Query(None, alias="format")) -> Response:
+        """One study (one or more views) -> {report, findings, impression, stats}; stream=true for SSE;
+        format (query or body field, else the Accept header) = text | json | fhir | dicom-sr."""
         t0 = time.perf_counter()
         req = await read_request(request)
+        fmt = _report_format(format_, req, request)
         if stream or req.stream:
+            if fmt != "json":
+                raise ApiError(400, f"format {fmt!r} is for whole reports: a stream (stream=true) sends JSON events")
             return await _report_stream(req, steps, t0)
+        sources = _dicom_sources(req) if fmt in ("fhir", "dicom-sr") else ()
         job = await service.submit(req, stream=False)
         gen = await service.result(job, request)
         if gen is None:
             return Response(status_code=499)
+        if fmt != "json":
+            return await run_in_threadpool(_clinical_response, fmt, gen, req.lang, job, sources, model_label)
         return JSONResponse({"id": request_id_var.get(), "object": "report", "model": config.model_name,
                              "report": gen.text, **_sections(gen.text), "stats": report_stats(job, gen, t0),
                              "warnings": gen.warnings})
@@ -557,6 +571,35 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
         return _JobStream(job, body())
 
     return app
+
+
+def _report_format(query: str | None, req: ReportRequest, request: Request) -> str:
+    """The format a /v1/reports request asks for: ?format=, else its `format` field, else its Accept header
+    (application/fhir+json, application/dicom), else JSON."""
+    return report_format(query) or req.format or format_from_accept(request.headers.get("accept")) or "json"
+
+
+def _dicom_sources(req: ReportRequest) -> tuple:
+    """Headers of the request's DICOM views, read before the decode drops the upload bytes."""
+    from echocxr.clinical.sources import headers_from_bytes
+
+    return headers_from_bytes(req.images)
+
+
+def _model_label(engine: ReportEngine, config: ServerConfig) -> str:
+    from echocxr.clinical.record import model_label
+
+    path = getattr(engine.bb, "path", "")
+    return model_label(path) if path else config.model_name
+
+
+def _clinical_response(fmt: str, gen: Generation, lang: str, job: Job, sources: tuple, model: str) -> Response:
+    """A finished report as text, a FHIR bundle or a DICOM SR (built off the event loop: validation costs)."""
+    from echocxr.clinical.formats import render
+    from echocxr.clinical.record import ClinicalReport, describe_decoder
+
+    out = render(fmt, ClinicalReport(gen.text, lang, model, describe_decoder(job.cfg), sources))
+    return Response(out.body, media_type=out.media_type)
 
 
 class _JobStream(StreamingResponse):

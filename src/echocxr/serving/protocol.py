@@ -33,7 +33,7 @@ class ApiError(Exception):
 # decode settings a request may change, with their parser (the rest is fixed by the server's command line)
 _OVERRIDES = {"decoder": str, "max_new_tokens": int, "steps": int, "threshold": float, "temperature": float,
               "seed": int}
-REPORT_FIELDS = ("images", "lang", "instruction", "stream", *_OVERRIDES)
+REPORT_FIELDS = ("images", "lang", "instruction", "stream", "format", *_OVERRIDES)
 
 
 @dataclass
@@ -44,6 +44,7 @@ class ReportRequest:
     overrides: dict = field(default_factory=dict)
     stream: bool = False
     include_usage: bool = False  # chat streaming: send a usage chunk at the end
+    format: str | None = None  # /v1/reports output: text | json | fhir | dicom-sr (None: the Accept header's)
 
 
 def parse_json(body: bytes) -> dict:
@@ -105,6 +106,7 @@ def report_from_json(data: dict) -> ReportRequest:
     req = ReportRequest(images=[decode_base64_image(v) for v in images])
     _common_fields(req, data)
     req.stream = _as_bool("stream", data.get("stream", False))
+    req.format = report_format(data.get("format"))
     return req
 
 
@@ -140,6 +142,7 @@ def report_from_form(parts: list[tuple[str, str | None, bytes]]) -> ReportReques
                                 f"other fields: {', '.join(REPORT_FIELDS[1:])})")
     _common_fields(req, fields, from_form=True)
     req.stream = _as_bool("stream", fields.get("stream", False))
+    req.format = report_format(fields.get("format"))
     return req
 
 
@@ -294,6 +297,17 @@ def _show(value: object, limit: int = 40) -> str:
 def _one_line(exc: BaseException) -> str:
     msg = " ".join(str(exc).split()) or type(exc).__name__
     return msg if len(msg) <= 160 else msg[:157] + "..."
+
+
+def report_format(value: object) -> str | None:
+    """The report format a request names (field or query; None: not named), checked against the formats."""
+    from echocxr.clinical.formats import FORMATS
+
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value not in FORMATS:
+        raise ApiError(400, f"unknown format {_show(value)} (use one of: {', '.join(FORMATS)})")
+    return value
 
 
 def _as_bool(name: str, value: object) -> bool:
