@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "(batched; sample_id = the path under DIR without its suffix)")
     src.add_argument("--manifest", metavar="FILE", help="every record of a manifest is a study (batched)")
     p.add_argument("--lang", default="en", choices=["en", "zh"])
-    p.add_argument("--json", action="store_true", help="print one JSON object with the report and its stats")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the report, its stats and its "
+                   "token confidence (pieces: text + confidence; sentences: mean and lowest confidence)")
     p.add_argument("--out", metavar="FILE.jsonl", help="--dir/--manifest: write one JSON line per study here "
                    "(default: stdout); a row's prefill_s/decode_s are its batch's wall times (stats.batch_size, "
                    "stats.timing = batch), an unreadable study's row carries \"error\" instead of a report")
@@ -91,8 +92,10 @@ def run(args: argparse.Namespace) -> int:
         if gen.stop == "length" and not args.json:  # --json says it in "stop"
             print_warnings([truncation_warning(cfg.max_new_tokens)], "echocxr report")
         if args.json:
-            print(json.dumps({"report": gen.text, **gen.stats(), "model": args.model, "warnings": gen.warnings},
-                             ensure_ascii=False))
+            from echocxr.decoding.confidence import confidence_fields
+
+            print(json.dumps({"report": gen.text, **gen.stats(), "model": args.model, "warnings": gen.warnings,
+                              **confidence_fields(engine.bb.tokenizer, gen)}, ensure_ascii=False))
         else:
             print(gen.text)
         return 0
