@@ -6,7 +6,7 @@ was least sure of; it is not a calibrated probability that the words are wrong.
 
 Pieces: tokens are detokenized incrementally (a window of recent tokens, as streaming detokenizers do, so a
 report costs O(tokens) decodes), and a token whose text is not visible yet (part of a multi-byte character,
-a special token, leading white space) joins the next piece; a piece's confidence is the lowest of its
+a special token, white space) joins the next piece; a piece's confidence is the lowest of its
 tokens'. `report_pieces` fits the pieces to the final report text, so they always concatenate to it. The CLI,
 the server's JSON, its SSE events and the web page all use this module.
 """
@@ -65,8 +65,8 @@ class PieceStream:
             piece = after[len(self.before):]
             if not self.text:
                 piece = piece.lstrip()  # the report text is stripped
-            if not piece:
-                continue
+            if not piece or piece.isspace():
+                continue  # nothing visible yet: white space joins the next piece (the report is stripped)
             out.append(Piece(piece, tuple(self.pending)))
             self.text += piece
             self.pending = []
