@@ -31,6 +31,12 @@ def test_report_json(tiny_vl_dir, image_file, decoder):
     for key in ("report", "tokens", "forwards", "tpf", "prefill_s", "decode_s"):
         assert key in out
     assert out["decoder"] == decoder and out["forwards"] >= 1 and out["tokens"] >= 1
+    # token confidence: pieces that concatenate to the report, each sentence's mean and lowest confidence
+    assert "".join(p["text"] for p in out["pieces"]) == out["report"]
+    assert all(0 < p["confidence"] <= 1 for p in out["pieces"])
+    for st in out["sentences"]:
+        assert out["report"][st["start"]:st["end"]] == st["text"]
+        assert 0 < st["min_confidence"] <= st["mean_confidence"] <= 1
 
 
 @pytest.mark.parametrize("args,needle", [

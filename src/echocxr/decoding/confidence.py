@@ -30,12 +30,13 @@ class Piece:
     confidences: tuple[float, ...]
 
     @property
-    def confidence(self) -> float:
-        """The lowest of its tokens' (a piece is as unsure as its least sure token)."""
-        return min(self.confidences) if self.confidences else 1.0
+    def confidence(self) -> float | None:
+        """The lowest of its tokens' (a piece is as unsure as its least sure token); None when none is known."""
+        return min(self.confidences) if self.confidences else None
 
     def to_json(self) -> dict:
-        return {"text": self.text, "confidence": round(self.confidence, DIGITS)}
+        conf = self.confidence
+        return {"text": self.text, "confidence": None if conf is None else round(conf, DIGITS)}
 
 
 class PieceStream:

@@ -232,7 +232,7 @@ function pieceSpan(piece) {
   const s = document.createElement("span");
   s.className = "piece";
   s.textContent = piece.text;
-  setConfidence(s, piece.confidence);
+  if (piece.confidence != null) setConfidence(s, piece.confidence);
   return s;
 }
 
