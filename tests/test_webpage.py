@@ -53,7 +53,7 @@ def browser(tmp_path_factory):
         opts.add_argument(flag)
     opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
     drv = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
-    drv.set_page_load_timeout(30)
+    drv.set_page_load_timeout(120)  # upper bounds: a busy shared machine starves the renderer
     yield drv
     drv.quit()
 
@@ -65,7 +65,7 @@ def phantom_png(path: Path) -> Path:
     return path
 
 
-def wait_for_report(drv, timeout: float = 30.0) -> str:
+def wait_for_report(drv, timeout: float = 120.0) -> str:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
