@@ -31,6 +31,27 @@ def test_report_json(tiny_vl_dir, image_file, decoder):
     for key in ("report", "tokens", "forwards", "tpf", "prefill_s", "decode_s"):
         assert key in out
     assert out["decoder"] == decoder and out["forwards"] >= 1 and out["tokens"] >= 1
+    assert_confidence_fields(out)
+
+
+def assert_confidence_fields(out: dict) -> None:
+    """Token confidence: pieces that concatenate to the report, each sentence's mean and lowest confidence."""
+    assert "".join(p["text"] for p in out["pieces"]) == out["report"] != ""
+    assert all(0 < p["confidence"] <= 1 for p in out["pieces"])
+    assert out["sentences"]
+    for st in out["sentences"]:
+        assert out["report"][st["start"]:st["end"]] == st["text"]
+        assert 0 < st["min_confidence"] <= st["mean_confidence"] <= 1
+    assert min(st["min_confidence"] for st in out["sentences"]) >= min(p["confidence"] for p in out["pieces"])
+
+
+def test_report_json_confidence_in_process(tiny_vl_dir, image_file, capsys):
+    """The same fields without a subprocess (seconds): the fast path's decode, as `report` runs it."""
+    from echocxr.cli import main
+
+    assert main(["report", "--model", str(tiny_vl_dir), "--image", str(image_file), "--decoder", "multistep",
+                 "--block-length", "4", "--steps", "2", "--max-new-tokens", "12", "--json"]) == 0
+    assert_confidence_fields(json.loads(capsys.readouterr().out))
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -3,7 +3,8 @@
 Every equivalence the reference engine is tested on (test_engine.py) is checked here with the fast path on one
 side: cache vs recompute, fused vs vanilla, batch vs alone with mixed prompt lengths, per-sample <eos>,
 cancellation, block lengths 4 and 8, both prefill modes, for every decoder the fast path takes (one-step fused and
-vanilla, multi-step with each remasking rule, AR). Tokens must be equal and step logits within 1e-5.
+vanilla, multi-step with each remasking rule, AR). Tokens must be equal, step logits and token confidences
+within 1e-5.
 """
 
 from __future__ import annotations
@@ -38,19 +39,29 @@ def run_recorded(generate, prompts, cfg, **kw):
 
     def hook(ev):
         if ev.kind == "step":
-            events[(ev.sample, ev.block, ev.step)] = (ev.logits, ev.tokens, ev.committed, ev.response_offset)
+            events[(ev.sample, ev.block, ev.step)] = (ev.logits, ev.tokens, ev.committed, ev.response_offset,
+                                                      ev.confidences)
 
     outs = generate(prompts, replace(cfg, record_logits=True), on_event=hook, **kw)
     return outs, events
 
 
+def assert_same_confidences(fast, ref):
+    for f, r in zip(fast, ref, strict=True):
+        assert len(f.token_confidences) == len(f.token_ids) == len(r.token_confidences)
+        torch.testing.assert_close(torch.tensor(f.token_confidences), torch.tensor(r.token_confidences),
+                                   atol=1e-5, rtol=0)
+
+
 def assert_same(fast, ev_f, ref, ev_r):
     assert [o.token_ids for o in fast] == [o.token_ids for o in ref]
     assert [(o.tokens, o.forwards, o.stop, o.text) for o in fast] == [(o.tokens, o.forwards, o.stop, o.text) for o in ref]
+    assert_same_confidences(fast, ref)
     assert ev_f.keys() == ev_r.keys() and len(ev_f) > 0
     for k in ev_f:
         torch.testing.assert_close(ev_f[k][0], ev_r[k][0], atol=1e-5, rtol=0)
-        assert ev_f[k][1:] == ev_r[k][1:]
+        assert ev_f[k][1:4] == ev_r[k][1:4]
+        torch.testing.assert_close(torch.tensor(ev_f[k][4]), torch.tensor(ev_r[k][4]), atol=1e-5, rtol=0)
 
 
 # ---- GQA attention ---------------------------------------------------------------------------------------
@@ -145,6 +156,7 @@ def test_fast_batch_equals_alone(vl_engine, images, dec, prefill):
     alone = [vl_engine.generate([p], cfg)[0] for p in prompts]
     for b, a in zip(batched, alone, strict=True):
         assert (b.token_ids, b.text, b.tokens, b.forwards, b.stop) == (a.token_ids, a.text, a.tokens, a.forwards, a.stop)
+    assert_same_confidences(batched, alone)
 
 
 def eos_engine(tiny_vl_dir, images, cfg, n_prompts=3):
@@ -166,6 +178,7 @@ def test_fast_per_sample_eos_and_compaction(tiny_vl_dir, images, dec, check_ever
     fast = FastPath(engine, check_every=check_every).generate(prompts, cfg)
     assert [(o.token_ids, o.tokens, o.forwards, o.stop) for o in fast] == \
         [(o.token_ids, o.tokens, o.forwards, o.stop) for o in ref]
+    assert_same_confidences(fast, ref)  # rows compacted mid-decode keep their confidences
 
 
 def test_engine_routes_supported_configs_to_the_fast_path(vl_engine, images):

@@ -105,6 +105,17 @@ def test_report_multipart_equals_direct_decode(client, engine):
     assert {"findings", "impression"} <= set(body)
 
 
+def test_report_carries_token_confidence(client, engine):
+    from echocxr.decoding.confidence import confidence_fields
+
+    png = xray(3)
+    body = client.post("/v1/reports", files=[("images", ("cxr.png", png, "image/png"))]).json()
+    want = confidence_fields(engine.bb.tokenizer, direct(engine, [png]))  # the library's, for the same decode
+    assert body["pieces"] == want["pieces"] and body["sentences"] == want["sentences"] != []
+    assert "".join(p["text"] for p in body["pieces"]) == body["report"]
+    assert all(0 < s["min_confidence"] <= s["mean_confidence"] <= 1 for s in body["sentences"])
+
+
 def test_report_json_multi_view_chinese_multistep(client, engine):
     views = [xray(1), xray(2, 80)]
     r = client.post("/v1/reports", json={"images": [base64.b64encode(views[0]).decode(), data_uri(views[1])],
@@ -204,6 +215,23 @@ def test_stream_steps_show_masks_for_the_page(client, engine):
         mine = [s for s in steps if s["block"] == block]
         assert all(sum(t["new"] for t in s["tokens"]) >= 1 for s in mine)
         assert sum(t["new"] for s in mine for t in s["tokens"]) == len(mine[0]["tokens"])
+
+
+def test_stream_events_carry_token_confidence(client, engine):
+    from echocxr.decoding.confidence import confidence_fields
+
+    png = xray(8)
+    events = read_sse(client.post("/v1/reports/stream?steps=true", files=[("images", ("a.png", png, "image/png"))],
+                                  data={"decoder": "multistep"}))
+    blocks = [d for k, d in events if k == "block"]
+    assert blocks and all("".join(p["text"] for p in b["pieces"]) == b["text"] for b in blocks)
+    done = events[-1][1]
+    want = confidence_fields(engine.bb.tokenizer, direct(engine, [png], decoder="multistep"))
+    assert done["pieces"] == want["pieces"] and done["sentences"] == want["sentences"]
+    assert [p for b in blocks for p in b["pieces"]] == done["pieces"]  # the stream's pieces are the report's
+    tokens = [t for k, d in events if k == "step" for t in d["tokens"]]
+    assert all((t["confidence"] is None) == t["masked"] for t in tokens)
+    assert all(0 < t["confidence"] <= 1 for t in tokens if not t["masked"])
 
 
 # ---- batching ------------------------------------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from echocxr.decoding.confidence import report_pieces
 from echocxr.decoding.results import DecodeEvent, Generation
 from echocxr.serving.streaming import StreamState, sse
 
 
-def feed(state: StreamState, ids: list[int], mask: int, L: int = 4, offset: int = 0) -> list[tuple[str, dict]]:
+def feed(state: StreamState, ids: list[int], mask: int, L: int = 4, offset: int = 0,
+         confs: list[float] | None = None) -> list[tuple[str, dict]]:
     """Simulate a multi-step decode: each block is revealed one position per step, left to right."""
     out = []
     for b, start in enumerate(range(offset, len(ids), L)):
@@ -14,7 +16,9 @@ def feed(state: StreamState, ids: list[int], mask: int, L: int = 4, offset: int 
         for s in range(len(block)):
             cur = block[: s + 1] + [mask] * (len(block) - s - 1)
             committed = [i == s for i in range(len(block))]
-            out += state.on_step(DecodeEvent("step", 0, b, s, cur, committed, response_offset=start))
+            conf = None if confs is None else confs[start:start + s + 1] + [0.0] * (len(block) - s - 1)
+            out += state.on_step(DecodeEvent("step", 0, b, s, cur, committed, response_offset=start,
+                                             confidences=conf))
     return out
 
 
@@ -52,6 +56,20 @@ def test_prompt_leftovers_in_the_first_block_are_not_report_text(tokenizer):
     ev = DecodeEvent("step", 0, 0, 0, prompt_tail + words[:2], [False, False, True, True], response_offset=-2)
     out = state.on_step(ev)
     assert len(out[0][1]["tokens"]) == 2 and out[1][0] == "block" and state.ids == words[:2]
+
+
+def test_events_carry_the_confidence_of_their_tokens(tokenizer):
+    text = "所见：心影增大，右侧胸腔积液。结论：心脏扩大。"  # split characters: their tokens share one piece
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    confs = [round(0.1 + 0.2 * (i % 5), 4) for i in range(len(ids))]
+    state = StreamState(tokenizer, tokenizer.mask_token_id, [tokenizer.eos_token_id], max_new_tokens=512, steps=True)
+    events = feed(state, ids, tokenizer.mask_token_id, confs=confs)
+    blocks = [d for k, d in events if k == "block"]
+    assert all("".join(p["text"] for p in b["pieces"]) == b["text"] for b in blocks)
+    assert [p for b in blocks for p in b["pieces"]] == [p.to_json() for p in report_pieces(tokenizer, ids, confs, text)]
+    steps = [d for k, d in events if k == "step"]
+    assert steps[0]["tokens"][0]["confidence"] == confs[0] and steps[0]["tokens"][1]["confidence"] is None  # masked
+    assert [t["confidence"] for t in steps[3]["tokens"]] == confs[:4]  # the block's last step: all committed
 
 
 def test_sse_format():

@@ -71,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=FORMATS, help="--image: text (the default), json (the report and its "
                    "stats), fhir (a FHIR R4 Bundle: DiagnosticReport + Observations) or dicom-sr (a DICOM "
                    "Comprehensive SR, in the source study when the views are DICOM; binary: use --out)")
-    p.add_argument("--json", action="store_true", help="the same as --format json")
+    p.add_argument("--json", action="store_true", help="the same as --format json: the report, its stats and its "
+                   "token confidence (pieces: text + confidence; sentences: mean and lowest confidence)")
     p.add_argument("--out", metavar="FILE", help="write the output here instead of stdout; --dir/--manifest: one "
                    "JSON line per study (a row's prefill_s/decode_s are its batch's wall times (stats.batch_size, "
                    "stats.timing = batch), an unreadable study's row carries \"error\" instead of a report)")
@@ -103,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
         print_warnings(gen.warnings)
         if gen.stop == "length" and fmt != "json":  # JSON says it in "stop"
             print_warnings([truncation_warning(cfg.max_new_tokens)], "echocxr report")
-        payload = {"report": gen.text, **gen.stats(), "model": args.model, "warnings": gen.warnings}
+        from echocxr.decoding.confidence import confidence_fields
+
+        payload = {"report": gen.text, **gen.stats(), "model": args.model, "warnings": gen.warnings,
+                   **confidence_fields(engine.bb.tokenizer, gen)}
         write_output(render_report(fmt, gen.text, args, cfg, payload), args.out)
         return 0
     if args.format not in (None, "json"):

@@ -94,6 +94,8 @@ class _Batch:
         self.n_blocks = canvas.n_blocks
         self.index = torch.arange(len(prompts), device=device)  # original sample of each row
         self.forwards = torch.zeros(len(prompts), dtype=torch.long, device=device)
+        # each column's probability when it was committed: stays on the device, read once per finished sample
+        self.conf = torch.zeros(self.tokens.shape, dtype=torch.float32, device=device)
         self.prompts = prompts
         self.cache = None
 
@@ -101,7 +103,7 @@ class _Batch:
         return int(self.index.shape[0])
 
     def keep(self, rows: torch.Tensor) -> None:
-        for name in ("tokens", "key_valid", "response_start", "index", "forwards"):
+        for name in ("tokens", "key_valid", "response_start", "index", "forwards", "conf"):
             setattr(self, name, getattr(self, name)[rows])
         self.positions = self.positions[:, rows]
         if self.cache is not None:
@@ -219,13 +221,16 @@ class ReportEngine:
                 return
             col = batch.C - 1 + t
             logits = self._step_logits(batch, col, col + 1, cfg)
-            tok, _, _ = sample_tokens(logits[:, -1:], cfg.temperature, cfg.top_k, cfg.top_p, gen)
+            tok, conf, _ = sample_tokens(logits[:, -1:], cfg.temperature, cfg.top_k, cfg.top_p, gen)
             batch.tokens[:, col + 1] = tok[:, 0]
+            batch.conf[:, col + 1] = conf[:, 0]
             batch.forwards += 1
             if on_event is not None:
+                conf_l = conf[:, 0].tolist()
                 for r in range(len(batch)):
                     on_event(DecodeEvent("step", int(batch.index[r]), t, 0, [int(tok[r, 0])], [True], t,
-                                         logits[r, -1:].float().cpu() if cfg.record_logits else None))
+                                         logits[r, -1:].float().cpu() if cfg.record_logits else None,
+                                         confidences=[conf_l[r]]))
             finish.after_step(col + 1, col + 2)
 
     def _decode_blocks(self, batch: _Batch, cfg: DecodeConfig, gen, finish: _Finisher, on_event) -> None:
@@ -239,6 +244,7 @@ class ReportEngine:
             b0 = batch.C + n * L
             b1 = b0 + L
             cur = batch.tokens[:, b0:b1].clone()
+            cur_conf = batch.conf[:, b0:b1].clone()
             carry_prev = fused and n > 0  # this forward also writes block n-1's KV
             for step, k in enumerate(schedule):
                 masked = cur == mask_id
@@ -250,11 +256,13 @@ class ReportEngine:
                 x0, conf, _ = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen)
                 commit = select_transfer(masked, conf, k, cfg.remasking, cfg.threshold)
                 cur = torch.where(commit, x0, cur)
+                cur_conf = torch.where(commit, conf, cur_conf)  # the probability at the step that committed it
                 batch.forwards += active.long()
                 carry_prev = False
                 if on_event is not None:
-                    self._emit_steps(batch, on_event, n, step, cur, commit, active, b0, logits, cfg)
+                    self._emit_steps(batch, on_event, n, step, cur, cur_conf, commit, active, b0, logits, cfg)
             batch.tokens[:, b0:b1] = cur
+            batch.conf[:, b0:b1] = cur_conf
             finish.after_step(b0, b1)
             if cfg.use_cache and not fused and len(batch) and n + 1 < batch.n_blocks:
                 self._forward(batch, b0, b1, keep=0)  # vanilla cache: write the finished block
@@ -299,14 +307,14 @@ class ReportEngine:
             image_grid_thw=prompt.image_grid_thw.to(self.device))
         return pos[:, 0].cpu()
 
-    def _emit_steps(self, batch, on_event, n, step, cur, commit, active, b0, logits, cfg) -> None:
+    def _emit_steps(self, batch, on_event, n, step, cur, cur_conf, commit, active, b0, logits, cfg) -> None:
         for r in range(len(batch)):
             if not bool(active[r]):
                 continue
             on_event(DecodeEvent(
                 "step", int(batch.index[r]), n, step, cur[r].tolist(), commit[r].tolist(),
                 b0 - int(batch.response_start[r]),
-                logits[r].float().cpu() if cfg.record_logits else None))
+                logits[r].float().cpu() if cfg.record_logits else None, confidences=cur_conf[r].tolist()))
 
     def _now(self) -> float:
         if self.device.type == "cuda":
@@ -347,7 +355,8 @@ class _Finisher:
         start = int(b.response_start[r])
         gen = build_generation(self.e, self.cfg, b.tokens[r, start:decoded_end].tolist(), int(b.forwards[r]),
                                self.prefill_s, now - self.t_decode, cancelled,
-                               warnings=self.e.request_warnings(b.prompts[int(b.index[r])], self.cfg))  # before "done"
+                               warnings=self.e.request_warnings(b.prompts[int(b.index[r])], self.cfg),  # before "done"
+                               confidences=b.conf[r, start:decoded_end].tolist())
         if self.on_event is not None:
             self.on_event(DecodeEvent("done", int(b.index[r]), -1, -1, [], [], generation=gen))
         return gen
@@ -360,9 +369,11 @@ def _batched(results: list[Generation]) -> list[Generation]:
 
 
 def build_generation(engine: ReportEngine, cfg: DecodeConfig, row: list[int], forwards: int, prefill_s: float,
-                     decode_s: float, cancelled: bool = False, warnings: list[str] | None = None) -> Generation:
+                     decode_s: float, cancelled: bool = False, warnings: list[str] | None = None,
+                     confidences: list[float] | None = None) -> Generation:
     """One sample's Generation from its decoded response columns, cut at max_new_tokens or the first <eos>
-    (shared by the reference engine and the fast path, so both stop and count alike)."""
+    (shared by the reference engine and the fast path, so both stop and count alike); `confidences` are the
+    columns' commit probabilities, cut alike."""
     eos_set = set(engine.bb.eos_token_ids)
     stop = "cancelled" if cancelled else "length"
     cut = min(len(row), cfg.max_new_tokens)
@@ -382,4 +393,5 @@ def build_generation(engine: ReportEngine, cfg: DecodeConfig, row: list[int], fo
         decoder=cfg.decoder,
         block_length=1 if cfg.decoder == "ar" else cfg.block_length,
         warnings=list(warnings or []),
+        token_confidences=list(confidences[:cut]) if confidences is not None else [],
     )

@@ -90,6 +90,7 @@ class _Rows:
     def __init__(self, engine: ReportEngine, batch: int, width: int, axes: int):
         dev = engine.device
         self.tokens = torch.zeros(batch, width, dtype=torch.long, device=dev)
+        self.conf = torch.zeros(batch, width, dtype=torch.float32, device=dev)  # probability at commit, per column
         self.positions = torch.zeros(axes, batch, width, dtype=torch.long, device=dev)
         self.key_valid = torch.zeros(batch, width, dtype=torch.bool, device=dev)
         self.groups = torch.zeros(width, dtype=torch.long, device=dev)  # visibility group of each column
@@ -107,6 +108,7 @@ class _Rows:
     def load(self, canvas: Canvas, max_new_tokens: int) -> None:
         """Start a decode: the canvas in, the cache empty, no row finished."""
         self.tokens.copy_(canvas.tokens)
+        self.conf.zero_()
         self.positions.copy_(canvas.positions)
         self.key_valid.copy_(canvas.key_valid)
         self.groups.copy_(canvas.groups)
@@ -122,7 +124,8 @@ class _Rows:
 
     def take(self, other: _Rows, rows: torch.Tensor) -> None:
         """Compaction: these buffers (a smaller bucket) get `rows` of `other`, mid-decode."""
-        for name in ("tokens", "key_valid", "response_start", "stop_col", "finished_at", "forwards", "forwards_at"):
+        for name in ("tokens", "conf", "key_valid", "response_start", "stop_col", "finished_at", "forwards",
+                     "forwards_at"):
             getattr(self, name).copy_(getattr(other, name).index_select(0, rows))
         self.positions.copy_(other.positions.index_select(1, rows))
         self.groups.copy_(other.groups)
@@ -304,8 +307,10 @@ class FastPath:
         rows.cache.rollback(plan.rollback)  # a denoising pass never keeps its block's KV
         if cfg.temperature > 0 or k is not None:
             x0, conf, _ = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen)
-        else:
+        else:  # greedy: the chosen token's softmax probability without materialising the softmax
             x0 = logits.argmax(dim=-1)
+            lf = logits.float()
+            conf = torch.exp(lf.amax(dim=-1) - torch.logsumexp(lf, dim=-1))
         out_cols = cols[-plan.n_out:] + plan.shift
         cur = rows.tokens.index_select(1, out_cols)
         if plan.shift:  # AR: the next column is always open
@@ -318,6 +323,7 @@ class FastPath:
             committed = masked if k is None else select_transfer(masked, conf, k, cfg.remasking, cfg.threshold)
         new = torch.where(committed, x0, cur)
         rows.tokens.index_copy_(1, out_cols, new)
+        rows.conf.index_copy_(1, out_cols, torch.where(committed, conf, rows.conf.index_select(1, out_cols)))
         rows.forwards.add_(active.long())
         if not finish:
             return logits, new, committed, active
@@ -343,12 +349,14 @@ class FastPath:
     def _emit(self, on_event, rows: _Rows, index, block, rnd, new, committed, active, logits, cfg, C, L, ar) -> None:
         new_l, com_l, act = new.tolist(), committed.tolist(), active.tolist()
         starts, fin = rows.response_start.tolist(), rows.finished_at.tolist()
+        cols = C + block if ar else C + block * L + self._offsets[:L]  # the canvas columns of `new`
+        conf_l = rows.conf[:, cols].reshape(len(rows), -1).tolist()
         for r, i in enumerate(index):
             if i < 0 or not act[r] or fin[r] not in (-1, block):
                 continue
             lg = logits[r].float().cpu() if cfg.record_logits else None
             offset = block if ar else C + block * L - starts[r]
-            on_event(DecodeEvent("step", i, block, rnd, new_l[r], com_l[r], offset, lg))
+            on_event(DecodeEvent("step", i, block, rnd, new_l[r], com_l[r], offset, lg, confidences=conf_l[r]))
 
     def _collect(self, rows: _Rows, index, cancel_at, results, cfg, starts, prefill_s, t_decode, plan, C, L,
                  on_event, final: bool):
@@ -366,12 +374,13 @@ class FastPath:
             ended.append((r, i, c if cancelled else f, int(cancel_at[r][1]) if cancelled else fwd[r], cancelled))
         if ended:
             now = self.e._now()
-            tokens = rows.tokens.cpu()
+            tokens, confs = rows.tokens.cpu(), rows.conf.cpu()
             for r, i, end, forwards, cancelled in ended:
                 decoded_end = C + (end + 1) * (1 if plan.shift else L)
                 row = tokens[r, starts[i]:decoded_end].tolist()
                 g = build_generation(self.e, cfg, row, forwards, prefill_s, now - t_decode, cancelled,
-                                     warnings=self.e.request_warnings(self._prompts[i], cfg))  # before "done"
+                                     warnings=self.e.request_warnings(self._prompts[i], cfg),  # before "done"
+                                     confidences=confs[r, starts[i]:decoded_end].tolist())
                 results[i] = g
                 index[r] = -1
                 if on_event is not None:

@@ -33,6 +33,7 @@ from starlette.requests import ClientDisconnect
 from echocxr.backbones.prompt import PROMPTS, EncodedPrompt
 from echocxr.backbones.settings import DECODERS
 from echocxr.clinical.formats import FORMATS, format_from_accept
+from echocxr.decoding.confidence import confidence_fields
 from echocxr.decoding.engine import DecodeConfig, ReportEngine
 from echocxr.decoding.results import Generation
 from echocxr.errors import UserError
@@ -492,7 +493,7 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
             return await run_in_threadpool(_clinical_response, fmt, gen, req.lang, job, sources, model_label)
         return JSONResponse({"id": request_id_var.get(), "object": "report", "model": config.model_name,
                              "report": gen.text, **_sections(gen.text), "stats": report_stats(job, gen, t0),
-                             "warnings": gen.warnings})
+                             "warnings": gen.warnings, **confidence_fields(engine.bb.tokenizer, gen)})
 
     @app.post("/v1/reports/stream", openapi_extra=_REPORT_BODY)
     async def reports_stream(request: Request, steps: bool = False) -> Response:
@@ -513,7 +514,8 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
                 elif kind == "done":
                     gen = payload
                     yield sse({"id": rid, "report": gen.text, **_sections(gen.text),
-                               "stats": report_stats(job, gen, t0), "warnings": gen.warnings}, "done")
+                               "stats": report_stats(job, gen, t0), "warnings": gen.warnings,
+                               **confidence_fields(engine.bb.tokenizer, gen)}, "done")
                 else:
                     err = _engine_error(payload)
                     metrics.inc("errors_total", labels={"type": err.type})

@@ -1,6 +1,8 @@
 // echocxr web page: upload views (or pick an example), stream a report block by block, show its stats.
 // Plain JS, no build step. Streams POST /v1/reports/stream?steps=true (Server-Sent Events over fetch,
-// since EventSource cannot POST) and draws each step: masked positions as ▒, new tokens highlighted.
+// since EventSource cannot POST) and draws each step: masked positions as ▒, new tokens highlighted; or,
+// unstreamed, POST /v1/reports. Tokens whose confidence (their probability when committed) is below the
+// threshold control are marked (tint + underline, value in the tooltip); moving the control re-marks live.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -35,6 +37,7 @@ async function init() {
   $("generate").addEventListener("click", generate);
   $("stop").addEventListener("click", () => state.controller && state.controller.abort());
   $("replay").addEventListener("click", replay);
+  $("conf-threshold").addEventListener("input", applyThreshold);
   loadExamples();
 }
 
@@ -106,8 +109,9 @@ async function generate() {
   $("generate").disabled = true;
   $("stop").hidden = false;
   $("replay").hidden = true;
+  const streamed = $("stream").checked;
   try {
-    const resp = await fetch("/v1/reports/stream?steps=true", {
+    const resp = await fetch(streamed ? "/v1/reports/stream?steps=true" : "/v1/reports", {
       method: "POST", body: form, headers, signal: state.controller.signal,
     });
     if (!resp.ok) {
@@ -115,7 +119,8 @@ async function generate() {
       try { msg = (await resp.json()).error.message; } catch (e) { /* not JSON */ }
       throw new Error(msg);
     }
-    await readEvents(resp.body, (ev) => { state.events.push(ev); draw(ev); });
+    if (streamed) await readEvents(resp.body, (ev) => { state.events.push(ev); draw(ev); });
+    else draw({ type: "done", data: await resp.json() }); // the same fields as the stream's done event
   } catch (err) {
     if (err.name === "AbortError") setStatus("idle", "stopped");
     else { setStatus("error", "error"); showError(err.message || String(err)); }
@@ -153,6 +158,8 @@ async function readEvents(body, onEvent) {
 // ---- drawing --------------------------------------------------------------------------------------
 function resetReport() {
   $("report").replaceChildren();
+  delete $("report").dataset.final;
+  showSentences([]);
   $("error").hidden = true;
   showWarnings([]);
   for (const id of ["tokens", "forwards", "tpf", "latency", "decode", "queue", "batch", "decoder"]) {
@@ -180,6 +187,7 @@ function draw(ev) {
       const s = document.createElement("span");
       s.className = "tok" + (t.masked ? " mask" : "") + (t.new ? " new" : "");
       s.textContent = t.masked ? MASK : t.text;
+      if (!t.masked && t.confidence != null) setConfidence(s, t.confidence);
       cur.appendChild(s);
     }
   } else if (ev.type === "block") {
@@ -188,14 +196,18 @@ function draw(ev) {
     if (!ev.data.text) return;
     const s = document.createElement("span");
     s.className = `block b${ev.data.index % 2} fresh`;
-    s.textContent = ev.data.text;
+    if (ev.data.pieces) s.append(...ev.data.pieces.map((p) => pieceSpan(p)));
+    else s.textContent = ev.data.text;
     report.appendChild(s);
   } else if (ev.type === "done") {
     const cur = report.querySelector(".current");
     if (cur) cur.remove();
-    const shown = report.textContent;
-    if (shown.trim() !== ev.data.report.trim()) report.textContent = ev.data.report; // deltas are display only
+    if (report.textContent !== ev.data.report) { // unstreamed, or the deltas were display only: the final pieces
+      if (ev.data.pieces) report.replaceChildren(...ev.data.pieces.map((p) => pieceSpan(p)));
+      else report.textContent = ev.data.report;
+    }
     report.dataset.final = "true";
+    showSentences(ev.data.sentences || []);
     showStats(ev.data.stats);
     showWarnings(ev.data.warnings || []);
     setStatus("done", ev.data.stats.stop === "eos" ? "done" : `done (${ev.data.stats.stop})`);
@@ -203,6 +215,52 @@ function draw(ev) {
     setStatus("error", "error");
     showError(ev.data.error.message);
   }
+}
+
+// ---- confidence -----------------------------------------------------------------------------------
+function threshold() {
+  return parseFloat($("conf-threshold").value);
+}
+
+function setConfidence(el, conf) {
+  el.dataset.conf = conf;
+  el.title = `confidence ${conf.toFixed(2)}`;
+  el.classList.toggle("low", conf < threshold());
+}
+
+function pieceSpan(piece) {
+  const s = document.createElement("span");
+  s.className = "piece";
+  s.textContent = piece.text;
+  if (piece.confidence != null) setConfidence(s, piece.confidence);
+  return s;
+}
+
+function showSentences(sentences) {
+  const rows = sentences.map((st) => {
+    const tr = document.createElement("tr");
+    const cells = [st.text, st.mean_confidence.toFixed(2), st.min_confidence.toFixed(2)];
+    tr.append(...cells.map((text, i) => Object.assign(document.createElement("td"), {
+      textContent: text, className: i ? "num" : "" })));
+    setConfidence(tr.firstChild, st.min_confidence); // a sentence is marked when its least sure token is
+    tr.firstChild.title = `mean ${st.mean_confidence.toFixed(2)}, lowest ${st.min_confidence.toFixed(2)}`;
+    return tr;
+  });
+  $("sentence-rows").replaceChildren(...rows);
+  $("sentences").hidden = rows.length === 0;
+  applyThreshold();
+}
+
+// re-mark everything already drawn: no regeneration needed
+function applyThreshold() {
+  const t = threshold();
+  $("conf-value").textContent = t.toFixed(2);
+  for (const el of document.querySelectorAll("#report [data-conf], #sentence-rows [data-conf]")) {
+    el.classList.toggle("low", parseFloat(el.dataset.conf) < t);
+  }
+  const low = document.querySelectorAll("#report .piece.low").length;
+  const all = document.querySelectorAll("#report .piece").length;
+  $("conf-count").textContent = all ? `${low} of ${all} pieces marked` : "";
 }
 
 function showStats(s) {
