@@ -53,7 +53,11 @@ def test_every_format_carries_the_same_report(cached_engine, png, tmp_path, caps
     assert report.presentedForm[0].data.decode("utf-8") == text and report.status == "preliminary"
     device = next(e.resource for e in bundle.entry if e.resource.get_resource_type() == "Device")
     assert device.deviceName[0].name.startswith("echocxr built-in CXR-Phantom model")
-    assert device.version[0].value == "onestep, block length 8"
+    from echocxr.backbones.builtin import BUILTIN_MODEL_DIR
+    from echocxr.backbones.settings import read_settings
+
+    block = read_settings(BUILTIN_MODEL_DIR).block_length
+    assert device.version[0].value == f"onestep, block length {block}"
 
     out = tmp_path / "sr.dcm"
     assert main(["report", "--model", "builtin", "--image", png, "--format", "dicom-sr", "--out", str(out),

@@ -129,7 +129,7 @@ def fake_teacher(monkeypatch):
     calls = []
 
     def load_or_collect(cache_dir, teacher_dir, engine, examples, block_length, tau, topk=0, max_new_tokens=512,
-                        progress=True, rank=0, world=1, barrier=None):
+                        progress=True, rank=0, world=1, barrier=None, remasking="low_confidence_dynamic"):
         assert (rank, world) == (0, 1)
         calls.append(dict(teacher_dir=teacher_dir, n=len(examples), block_length=block_length, tau=tau))
         V = engine.model.get_output_embeddings().weight.shape[0]
