@@ -72,15 +72,19 @@ def test_dicom_sr_of_a_dicom_upload_joins_its_study(client):
     assert a.status_code == 200 and pydicom.dcmread(io.BytesIO(a.content)).StudyInstanceUID == source.StudyInstanceUID
 
 
-@pytest.mark.parametrize("how", ["query", "field", "stream"])
+@pytest.mark.parametrize("how", ["query", "field", "stream", "stream-endpoint-query", "stream-endpoint-field"])
 def test_bad_format_is_one_line_400(client, how):
     image = base64.b64encode(png()).decode()
     if how == "query":
         r = client.post("/v1/reports?format=hl7", json={"images": [image]})
     elif how == "field":
         r = client.post("/v1/reports", files={"images": ("a.png", png(), "image/png"), "format": (None, "pdf")})
-    else:
+    elif how == "stream":
         r = client.post("/v1/reports?format=fhir", json={"images": [image], "stream": True})
+    elif how == "stream-endpoint-query":
+        r = client.post("/v1/reports/stream?format=fhir", json={"images": [image]})
+    else:
+        r = client.post("/v1/reports/stream", json={"images": [image], "format": "fhir"})
     assert r.status_code == 400
     message = r.json()["error"]["message"]
     assert "\n" not in message and ("unknown format" in message or "stream" in message)

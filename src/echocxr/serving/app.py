@@ -496,10 +496,15 @@ def create_app(engine: ReportEngine, decode_config: DecodeConfig | None = None,
                              "warnings": gen.warnings, **confidence_fields(engine.bb.tokenizer, gen)})
 
     @app.post("/v1/reports/stream", openapi_extra=_REPORT_BODY)
-    async def reports_stream(request: Request, steps: bool = False) -> Response:
+    async def reports_stream(request: Request, steps: bool = False,
+                             format_: str | None = Query(None, alias="format")) -> Response:
         """SSE: `block` events as blocks are committed (`step` events too with steps=true), then `done`."""
         t0 = time.perf_counter()
-        return await _report_stream(await read_request(request), steps, t0)
+        req = await read_request(request)
+        fmt = report_format(format_) or req.format
+        if fmt not in (None, "json"):
+            raise ApiError(400, f"format {fmt!r} is for whole reports: a stream sends JSON events")
+        return await _report_stream(req, steps, t0)
 
     async def _report_stream(req: ReportRequest, steps: bool, t0: float) -> StreamingResponse:
         job = await service.submit(req, stream=True, steps=steps)  # errors here are plain JSON responses
