@@ -7,18 +7,23 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 
-def write_dicom(path, arr: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
-                preamble: bool = True, **attrs):
-    """A minimal but valid DICOM Part 10 file holding `arr`; `path` may be a file object, `preamble=False`
-    writes the dataset without the 128-byte preamble + DICM header."""
+def new_dataset(sop_class: str) -> Dataset:
+    """An empty dataset of `sop_class` with a new SOP instance UID and its Part 10 file meta."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
+def write_dicom(path, arr: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
+                preamble: bool = True, **attrs):
+    """A minimal but valid DICOM Part 10 file holding `arr`; `path` may be a file object, `preamble=False`
+    writes the dataset without the 128-byte preamble + DICM header."""
+    ds = new_dataset(SecondaryCaptureImageStorage)
     ds.Modality = "DX"
     ds.PhotometricInterpretation = photometric
     frames = 1
@@ -50,13 +55,7 @@ def chest_dataset(arr: np.ndarray, study_uid: str | None = None, modality: str =
     ready to C-STORE or save: what a modality sends a DICOM node."""
     from pydicom.uid import ComputedRadiographyImageStorage
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds = new_dataset(ComputedRadiographyImageStorage)
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Patient", "PID-123", "19700101", "O"
