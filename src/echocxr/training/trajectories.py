@@ -1,10 +1,11 @@
 """DCD phase 1: the teacher's own on-policy, confidence-thresholded multi-step trajectories.
 
 The teacher decodes block by block with the engine's multi-step decoder (`low_confidence_dynamic`, one
-forced commit per round, threshold tau; or `sequential`, left to right, one per round): every position it commits is recorded with its full predicted
-distribution (top-k for big vocabularies), its token and the round at which it was committed. Examples the
-teacher fails to finish, or finishes in a repetition loop, are dropped. Trajectories are cached on disk,
-keyed by teacher, data and settings, so several students can reuse them.
+forced commit per round, threshold tau; or `sequential`, left to right, one per round): every position it
+commits is recorded with its full predicted distribution (top-k for big vocabularies), its token and the
+round at which it was committed. Examples the teacher fails to finish, or finishes in a repetition loop, are
+dropped. Trajectories are cached on disk, keyed by teacher, data and settings, so several students can reuse
+them.
 """
 
 from __future__ import annotations
