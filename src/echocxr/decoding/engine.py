@@ -44,6 +44,10 @@ class DecodeConfig:
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
+    tie_ratio: float = 0.0  # greedy's canonical tie-break (sampling.sample_tokens); 0 = plain argmax
+    # one-step with refinement: a block whose every token has confidence above `refine` is kept after its one
+    # forward; otherwise the tokens below it are masked again and decoded in one more forward, seeing the rest
+    refine: float = 0.0
     prefill: str = "block_grid"  # block_grid (official) | response_aligned
     fused: bool = True  # one-step only: fused block KV cache
     use_cache: bool = True  # False: recompute everything each forward (reference path)
@@ -69,6 +73,14 @@ class DecodeConfig:
         if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
             raise UserError(f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], "
                             f"got {self.temperature}")
+        if not 0.0 <= self.refine <= 1.0:
+            raise UserError(f"refine threshold must be in [0, 1], got {self.refine}")
+        if self.refine > 0 and self.decoder != "onestep":
+            raise UserError(f"--refine applies to the one-step decoder, not {self.decoder}")
+        if not 0.0 <= self.tie_ratio < 1.0:
+            raise UserError(f"tie ratio must be in [0, 1), got {self.tie_ratio}")
+        if self.tie_ratio > 0 and self.temperature > 0:
+            raise UserError("a tie ratio applies to greedy decoding only (temperature 0)")
         if not 0 < self.top_p <= 1.0 or self.top_k < 0:
             raise UserError("need 0 < top_p <= 1 and top_k >= 0")
         if not 0 <= self.seed < 2**64:  # torch.Generator takes 64-bit seeds
@@ -221,7 +233,7 @@ class ReportEngine:
                 return
             col = batch.C - 1 + t
             logits = self._step_logits(batch, col, col + 1, cfg)
-            tok, conf, _ = sample_tokens(logits[:, -1:], cfg.temperature, cfg.top_k, cfg.top_p, gen)
+            tok, conf, _ = sample_tokens(logits[:, -1:], cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.tie_ratio)
             batch.tokens[:, col + 1] = tok[:, 0]
             batch.conf[:, col + 1] = conf[:, 0]
             batch.forwards += 1
@@ -236,6 +248,9 @@ class ReportEngine:
     def _decode_blocks(self, batch: _Batch, cfg: DecodeConfig, gen, finish: _Finisher, on_event) -> None:
         L = cfg.block_length
         schedule = transfer_schedule(L, cfg.steps_per_block)
+        remasking, threshold = cfg.remasking, cfg.threshold
+        if cfg.refine > 0 and L > 1:  # round 1 keeps the tokens above the threshold (at least the surest), 2 the rest
+            schedule, remasking, threshold = [1, L - 1], "low_confidence_dynamic", cfg.refine
         fused = cfg.decoder == "onestep" and cfg.fused and cfg.use_cache
         mask_id = self.bb.mask_token_id
         for n in range(batch.n_blocks):
@@ -253,8 +268,8 @@ class ReportEngine:
                     break
                 batch.tokens[:, b0:b1] = cur
                 logits = self._step_logits(batch, b0 - L if carry_prev else b0, b1, cfg, denoise=True)
-                x0, conf, _ = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen)
-                commit = select_transfer(masked, conf, k, cfg.remasking, cfg.threshold)
+                x0, conf, _ = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.tie_ratio)
+                commit = select_transfer(masked, conf, k, remasking, threshold)
                 cur = torch.where(commit, x0, cur)
                 cur_conf = torch.where(commit, conf, cur_conf)  # the probability at the step that committed it
                 batch.forwards += active.long()

@@ -177,7 +177,7 @@ class FastPath:
 
     # ---- routing -------------------------------------------------------------------------------------
     def supports(self, cfg: DecodeConfig, prompts: list[EncodedPrompt] | None = None) -> bool:
-        if not cfg.use_cache:
+        if not cfg.use_cache or cfg.refine > 0:  # refinement: the reference engine's data-dependent second pass
             return False
         if prompts:  # every decode starts from a prefill (the vision inputs go there)
             L = cfg.block_length
@@ -305,8 +305,8 @@ class FastPath:
         logits = logits.index_fill(-1, self.e.suppress, float("-inf"))
         rows.cache.advance(q)
         rows.cache.rollback(plan.rollback)  # a denoising pass never keeps its block's KV
-        if cfg.temperature > 0 or k is not None:
-            x0, conf, _ = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen)
+        if cfg.temperature > 0 or k is not None or cfg.tie_ratio > 0:
+            x0, conf, _ = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.tie_ratio)
         else:  # greedy: the chosen token's softmax probability without materialising the softmax
             x0 = logits.argmax(dim=-1)
             lf = logits.float()
@@ -342,7 +342,8 @@ class FastPath:
         step = (k, finish, write)
         if not self.compile or cfg.temperature > 0:
             return self._step(rows, q, plan, cfg, gen, *step)
-        key = (len(rows), rows.tokens.shape[1], q, plan, cfg.decoder, cfg.remasking, cfg.threshold, *step)
+        key = (len(rows), rows.tokens.shape[1], q, plan, cfg.decoder, cfg.remasking, cfg.threshold, cfg.tie_ratio,
+               *step)
         return self._capture(key, rows, q, plan, cfg, None, *step)
 
     # ---- host side: events, stops, compaction --------------------------------------------------------

@@ -7,6 +7,8 @@ confidence beats the threshold when that is at least `k` of them.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -14,17 +16,26 @@ from echocxr.backbones.settings import REMASKING_STRATEGIES  # noqa: F401  (re-e
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None = None,
+                  tie_ratio: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """logits (..., V) -> (tokens (...), confidence of each token (...), distribution (..., V)).
 
     The distribution is the one the token was drawn from (after temperature and filtering); greedy uses
-    the plain softmax. Works in float32 whatever the model dtype.
+    the plain softmax. Works in float32 whatever the model dtype. `tie_ratio` > 0 (greedy only) is a
+    canonical tie-break: of the tokens whose probability is at least `tie_ratio` times the top one, the
+    lowest vocabulary id wins. Between equally valid phrasings the plain argmax follows tiny, context-
+    dependent differences; the canonical choice is the same in every context, so a one-step student
+    distilled on such trajectories has a target it can predict.
     """
     shape = logits.shape[:-1]
     flat = logits.reshape(-1, logits.shape[-1]).float()
     if temperature <= 0:
         probs = F.softmax(flat, dim=-1)
-        tokens = flat.argmax(dim=-1)
+        if tie_ratio > 0:
+            near = flat >= flat.amax(dim=-1, keepdim=True) + math.log(tie_ratio)
+            tokens = near.to(torch.uint8).argmax(dim=-1)  # the first (lowest-id) near-top token
+        else:
+            tokens = flat.argmax(dim=-1)
     else:
         scaled = flat / temperature
         if top_k > 0:

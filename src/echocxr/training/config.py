@@ -43,6 +43,10 @@ class TrainConfig:
     # the teacher's commit order within a block: low_confidence_dynamic (the paper: the confident positions
     # first) or sequential (left to right, one per round; the phantom's paraphrases need it, STUDY.md §3c)
     trajectory_remasking: str = "low_confidence_dynamic"
+    # the teacher's greedy tie-break (sampling.sample_tokens): 0 is the plain argmax (the paper); r > 0 picks,
+    # of the tokens at least r times as likely as the top one, the lowest id, so each statement's phrasing is
+    # the same in every context and a one-step student can predict it (STUDY.md §3d)
+    trajectory_tie_ratio: float = 0.0
     # soft: the teacher's commit-time distribution (the paper); hard: a one-hot of the token it committed
     # (cross-entropy on the trajectory), which keeps a near-tie choice of phrasing one choice (STUDY.md §3c)
     dcd_target: str = "soft"
@@ -67,6 +71,8 @@ class TrainConfig:
         if self.trajectory_remasking not in REMASKING_STRATEGIES:
             raise UserError(f"trajectory_remasking {self.trajectory_remasking!r} is not one of "
                             f"{', '.join(REMASKING_STRATEGIES)}")
+        if not 0.0 <= self.trajectory_tie_ratio < 1.0:
+            raise UserError(f"trajectory_tie_ratio must be in [0, 1), got {self.trajectory_tie_ratio}")
         if self.dcd_target not in ("soft", "hard"):
             raise UserError(f"dcd_target must be soft or hard, got {self.dcd_target!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
@@ -115,9 +121,10 @@ RECIPES: dict[str, dict[str, dict]] = {
         "ar": dict(max_steps=3000, freeze_vision=True, label_weight=1.0),
         "rad": dict(max_steps=1000, lr=1e-3),
         # DCD on the teacher's left-to-right trajectories with hard targets: with the paper's confidence order
-        # and soft targets the English one-step student mixed the phrasings of a statement (STUDY.md §3c)
+        # and soft targets the English one-step student mixed the phrasings of a statement (STUDY.md §3c); the
+        # tie ratio makes the teacher phrase each statement the same way in every context (STUDY.md §3d)
         "dcd": dict(max_steps=3000, lr=5e-4, max_examples=4000, trajectory_remasking="sequential",
-                    dcd_target="hard"),
+                    dcd_target="hard", trajectory_tie_ratio=0.7),
     },
     # one GPU, each stage within 20 minutes on an H100
     "phantom-small": {

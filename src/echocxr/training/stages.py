@@ -215,10 +215,12 @@ def run_stage(req: StageRequest) -> dict:
         trajs, st = load_or_collect(cache, str(req.from_dir), engine, train, cfg.block_length, cfg.tau,
                                     cfg.trajectory_topk, cfg.max_response_tokens,
                                     progress=req.progress and state.is_main_process,
-                                    remasking=cfg.trajectory_remasking, **shard)
+                                    remasking=cfg.trajectory_remasking,
+                                    tie_ratio=cfg.trajectory_tie_ratio, **shard)
         vtrajs, _ = load_or_collect(cache, str(req.from_dir), engine, val, cfg.block_length, cfg.tau,
                                     cfg.trajectory_topk, cfg.max_response_tokens, progress=False,
-                                    remasking=cfg.trajectory_remasking, **shard)
+                                    remasking=cfg.trajectory_remasking,
+                                    tie_ratio=cfg.trajectory_tie_ratio, **shard)
         model.train()
         del engine
         train = [e for e in train if e.key in trajs]

@@ -3,7 +3,9 @@
 The teacher decodes block by block with the engine's multi-step decoder (`low_confidence_dynamic`, one
 forced commit per round, threshold tau; or `sequential`, left to right, one per round): every position it
 commits is recorded with its full predicted distribution (top-k for big vocabularies), its token and the
-round at which it was committed. Examples the teacher fails to finish, or finishes in a repetition loop, are
+round at which it was committed. With a tie ratio the teacher's greedy choice breaks near-ties between
+tokens canonically (`sampling.sample_tokens`), so equally valid phrasings are picked the same way in every
+context. Examples the teacher fails to finish, or finishes in a repetition loop, are
 dropped. Trajectories are cached on disk, keyed by teacher, data and settings, so several students can reuse
 them.
 """
@@ -48,18 +50,19 @@ DEFAULT_REMASKING = "low_confidence_dynamic"
 
 
 def teacher_config(block_length: int, tau: float, max_new_tokens: int,
-                   remasking: str = DEFAULT_REMASKING) -> DecodeConfig:
+                   remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0) -> DecodeConfig:
     return DecodeConfig(decoder="multistep", block_length=block_length, steps=block_length,
                         remasking=remasking, threshold=tau, max_new_tokens=max_new_tokens,
-                        prefill="response_aligned", record_logits=True)
+                        prefill="response_aligned", record_logits=True, tie_ratio=tie_ratio).validate()
 
 
 def collect_trajectories(engine: ReportEngine, examples: list, block_length: int, tau: float, topk: int = 0,
                          batch_size: int = 16, max_new_tokens: int = 512, progress: bool = True,
-                         remasking: str = DEFAULT_REMASKING) -> tuple[dict[str, Trajectory], dict]:
+                         remasking: str = DEFAULT_REMASKING,
+                         tie_ratio: float = 0.0) -> tuple[dict[str, Trajectory], dict]:
     from tqdm.auto import tqdm
 
-    cfg = teacher_config(block_length, tau, max_new_tokens, remasking)
+    cfg = teacher_config(block_length, tau, max_new_tokens, remasking, tie_ratio)
     V = engine.model.get_output_embeddings().weight.shape[0]
     K = V if (topk == 0 and V <= FULL_DISTRIBUTION_MAX_VOCAB) else (topk or 64)
     out: dict[str, Trajectory] = {}
@@ -109,11 +112,13 @@ def collect_trajectories(engine: ReportEngine, examples: list, block_length: int
 
 
 def trajectory_key(teacher_dir: str, examples: list, block_length: int, tau: float, topk: int,
-                   max_new_tokens: int, remasking: str = DEFAULT_REMASKING) -> str:
+                   max_new_tokens: int, remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0) -> str:
     h = hashlib.sha256()
     settings = [str(Path(teacher_dir).resolve()), block_length, tau, topk, max_new_tokens]
     if remasking != DEFAULT_REMASKING:  # keys of caches written before the setting existed stay valid
         settings.append(remasking)
+    if tie_ratio:
+        settings.append(f"tie_ratio={tie_ratio!r}")
     h.update(json.dumps(settings).encode())
     for f in sorted(Path(teacher_dir).glob("*.safetensors")):
         st = f.stat()
@@ -127,7 +132,7 @@ def trajectory_key(teacher_dir: str, examples: list, block_length: int, tau: flo
 def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, examples: list, block_length: int,
                     tau: float, topk: int = 0, max_new_tokens: int = 512, progress: bool = True,
                     rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
-                    remasking: str = DEFAULT_REMASKING):
+                    remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0):
     """Reuse `cache_dir/<key>.pt` when teacher, data and settings match; else collect and write it atomically.
 
     With `world` processes (every rank calls this, `barrier` synchronises them) each rank decodes every
@@ -136,7 +141,7 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
     a collective's timeout)."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = trajectory_key(teacher_dir, examples, block_length, tau, topk, max_new_tokens, remasking)
+    key = trajectory_key(teacher_dir, examples, block_length, tau, topk, max_new_tokens, remasking, tie_ratio)
     path = cache_dir / f"trajectories-{key}.pt"
     if world > 1:
         barrier()  # every rank has looked for the cache entry before anyone writes it
@@ -145,8 +150,9 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
         return data["trajectories"], {**data["stats"], "cached": True, "path": str(path)}
     mine = examples[rank::world]
     trajs, stats = collect_trajectories(engine, mine, block_length, tau, topk, max_new_tokens=max_new_tokens,
-                                        progress=progress, remasking=remasking)
-    entry = {"teacher": str(teacher_dir), "tau": tau, "block_length": block_length, "remasking": remasking}
+                                        progress=progress, remasking=remasking, tie_ratio=tie_ratio)
+    entry = {"teacher": str(teacher_dir), "tau": tau, "block_length": block_length, "remasking": remasking,
+             "tie_ratio": tie_ratio}
     if world == 1:
         _save_atomic({"trajectories": trajs, "stats": stats, **entry}, path)
         return trajs, {**stats, "cached": False, "path": str(path)}
