@@ -60,6 +60,8 @@ def test_report_json_confidence_in_process(tiny_vl_dir, image_file, capsys):
     (["--image", "BAD"], "cannot read image"),
     (["--decoder", "multistep", "--steps", "9", "--block-length", "4"], "steps must be"),
     (["--lang", "fr"], "invalid choice"),
+    (["--decoder", "ar", "--refine", "0.5"], "--refine applies to the one-step decoder"),
+    (["--tie-ratio", "0.5", "--temperature", "1"], "greedy decoding only"),
 ])
 def test_report_errors_are_one_line(tiny_vl_dir, image_file, tmp_path, args, needle):
     bad = tmp_path / "bad.png"

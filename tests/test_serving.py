@@ -125,6 +125,17 @@ def test_report_json_multi_view_chinese_multistep(client, engine):
     assert r.json()["report"] == gen.text and r.json()["stats"]["forwards"] == gen.forwards
 
 
+def test_report_one_step_with_refinement(client, engine):
+    views = [xray(4)]
+    r = client.post("/v1/reports", json={"images": [base64.b64encode(views[0]).decode()], "refine": 1.0})
+    assert r.status_code == 200, r.text
+    gen = direct(engine, views, refine=1.0)  # no token is surer than 1: two forwards a block
+    assert r.json()["report"] == gen.text and r.json()["stats"]["forwards"] == gen.forwards > direct(engine, views).forwards
+    bad = client.post("/v1/reports", json={"images": [base64.b64encode(views[0]).decode()], "refine": 0.5,
+                                           "decoder": "ar"})
+    assert bad.status_code == 400 and "one-step decoder" in bad.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("make", [
     lambda: encode(Image.fromarray(ramp(64, 64).astype(np.uint16) * 200)),  # 16-bit PNG
     lambda: encode(Image.new("RGBA", (64, 64), (90, 90, 90, 128))),

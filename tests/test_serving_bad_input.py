@@ -118,7 +118,7 @@ ODD = st.one_of(
     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 IMAGES = st.one_of(st.just([IMG]), st.just([]), st.just(IMG), st.lists(ODD, max_size=2), ODD)
-FIELDS = ("lang", "decoder", "max_new_tokens", "steps", "threshold", "temperature", "seed", "instruction",
+FIELDS = ("lang", "decoder", "max_new_tokens", "steps", "threshold", "temperature", "seed", "refine", "instruction",
           "stream", "colour")
 REPORT = st.fixed_dictionaries({"images": IMAGES}, optional={k: ODD for k in FIELDS})
 CHAT = st.fixed_dictionaries(

@@ -214,8 +214,10 @@ def test_trajectory_cache_is_reused(teacher, tiny_vl_dir, tmp_path):
               trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 0, 2 * MAX_NEW),
               trajectory_key(str(tiny_vl_dir), examples[:3], L, 0.9, 0, MAX_NEW),
               trajectory_key(str(tmp_path), examples, L, 0.9, 0, MAX_NEW),
-              trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 0, MAX_NEW, "sequential")}
-    assert len(others) == 7 and key not in others
+              trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 0, MAX_NEW, "sequential"),
+              trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 0, MAX_NEW, "sequential", 0.7)}
+    assert len(others) == 8 and key not in others
+    assert trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 0, MAX_NEW, "low_confidence_dynamic", 0.0) == key
     # naming the default order keeps the key of caches written before the setting existed
     assert trajectory_key(str(tiny_vl_dir), examples, L, 0.9, 0, MAX_NEW, "low_confidence_dynamic") == key
 
@@ -242,6 +244,28 @@ def test_sequential_trajectories_commit_left_to_right_as_the_engine_does(teacher
     assert any(not torch.equal(conf[k].steps, trajs[k].steps) for k in conf if k in trajs)
 
 
+def test_tie_ratio_trajectories_are_the_engine_decode_with_the_tie_break(teacher):
+    """A tie ratio reaches the teacher's decode: its trajectories are the engine's sequential decode with the
+    same tie-break, committing tokens the plain argmax would not."""
+    engine, examples = teacher
+    cfg = teacher_config(L, 0.9, MAX_NEW, "sequential", tie_ratio=0.3)
+    gens = engine.generate([e.prompt for e in examples], cfg)
+    trajs, _ = collect_trajectories(engine, examples, L, 0.9, max_new_tokens=MAX_NEW, progress=False,
+                                    remasking="sequential", tie_ratio=0.3)
+    plain, _ = collect_trajectories(engine, examples, L, 0.9, max_new_tokens=MAX_NEW, progress=False,
+                                    remasking="sequential")
+    assert trajs
+    for i, e in enumerate(examples):
+        if e.key in trajs:
+            assert trajs[e.key].tokens[:len(gens[i].token_ids)] == gens[i].token_ids
+    assert any(trajs[k].tokens != plain[k].tokens for k in trajs if k in plain)
+    # the committed token is not always the stored distribution's argmax any more, but always near it
+    for t in trajs.values():
+        p = t.probs.float()
+        chosen = p.gather(1, torch.tensor(t.tokens)[:, None]).squeeze(1)
+        assert bool((chosen >= 0.3 * p.amax(dim=1) - 1e-3).all())
+
+
 def test_trajectory_remasking_is_checked():
     from echocxr.errors import UserError
     from echocxr.training.config import load_config
@@ -251,6 +275,9 @@ def test_trajectory_remasking_is_checked():
         load_config("dcd", None, trajectory_remasking="random")
     with pytest.raises(UserError, match="dcd_target"):
         load_config("dcd", None, dcd_target="onehot")
+    assert load_config("dcd", None, trajectory_tie_ratio=0.7).trajectory_tie_ratio == 0.7
+    with pytest.raises(UserError, match="trajectory_tie_ratio"):
+        load_config("dcd", None, trajectory_tie_ratio=1.0)
 
 
 def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):

@@ -32,7 +32,7 @@ class ApiError(Exception):
 
 # decode settings a request may change, with their parser (the rest is fixed by the server's command line)
 _OVERRIDES = {"decoder": str, "max_new_tokens": int, "steps": int, "threshold": float, "temperature": float,
-              "seed": int}
+              "seed": int, "refine": float}
 REPORT_FIELDS = ("images", "lang", "instruction", "stream", "format", *_OVERRIDES)
 
 
