@@ -86,7 +86,11 @@ def screenshot(drv, tmp_path: Path, name: str) -> Path:
     return path
 
 
-def test_upload_streams_a_report(server, browser, tmp_path):
+@pytest.mark.parametrize("menu,fields", [
+    ('option[value="multistep"]', {"decoder": "multistep"}),
+    ("option[data-refine]", {"decoder": "onestep", "refine": "0.5"}),  # one-step, unsure tokens refined
+], ids=["multistep", "refine"])
+def test_upload_streams_a_report(server, browser, tmp_path, menu, fields):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
@@ -95,12 +99,16 @@ def test_upload_streams_a_report(server, browser, tmp_path):
     assert "echocxr" in browser.title
     browser.find_element(By.ID, "file").send_keys(str(png))
     Select(browser.find_element(By.ID, "lang")).select_by_value("en")
-    Select(browser.find_element(By.ID, "decoder")).select_by_value("multistep")
+    browser.find_element(By.CSS_SELECTOR, f"#decoder {menu}").click()
     browser.find_element(By.ID, "generate").click()
     shown = wait_for_report(browser)
 
     api = httpx.post(server.url + "/v1/reports", files=[("images", ("p.png", png.read_bytes(), "image/png"))],
-                     data={"lang": "en", "decoder": "multistep"}, timeout=60).json()
+                     data={"lang": "en", **fields}, timeout=60).json()
+    if "refine" in fields:  # the menu's refinement really reached the decoder: more forwards than one-step
+        plain = httpx.post(server.url + "/v1/reports", files=[("images", ("p.png", png.read_bytes(), "image/png"))],
+                           data={"lang": "en", "decoder": "onestep"}, timeout=60).json()
+        assert api["stats"]["forwards"] > plain["stats"]["forwards"]
     assert shown.strip() == api["report"].strip() != ""
     assert browser.find_element(By.ID, "stat-tokens").text == str(api["stats"]["tokens"])
     assert browser.find_element(By.ID, "stat-forwards").text == str(api["stats"]["forwards"])

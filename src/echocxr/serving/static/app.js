@@ -99,6 +99,8 @@ async function generate() {
   for (const f of state.files) form.append("images", f, f.name);
   form.append("lang", $("lang").value);
   if ($("decoder").value) form.append("decoder", $("decoder").value);
+  const refine = $("decoder").selectedOptions[0]?.dataset.refine;  // tokens below it get one more forward
+  if (refine) form.append("refine", refine);
   const headers = {};
   if ($("token").value) headers.Authorization = `Bearer ${$("token").value}`;
 
