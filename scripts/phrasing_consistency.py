@@ -1,0 +1,39 @@
+"""How consistently a model phrases each CXR-Phantom statement across studies.
+
+    python scripts/phrasing_consistency.py LANG PREDICTIONS.jsonl [PREDICTIONS.jsonl ...]
+
+The phantom's phrasings are drawn at random, independent of the image, so a teacher that picks one phrasing
+here and another there (at a near-tie, by tiny context-dependent differences) hands a one-step student a
+target it cannot predict from the study. Per statement (key and slot values, phrasing-independent) the share
+of its valid sentences written in its most frequent phrasing; `agreement` is that share over all of them
+(100: every statement always phrased one way). Prints one JSON object per predictions file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from echocxr.data.phantom.parse import read_report
+
+
+def phrasing_consistency(language: str, predictions: Path) -> dict:
+    phrasings: dict[str, Counter] = defaultdict(Counter)
+    for line in predictions.read_text().splitlines():
+        for s in read_report(json.loads(line)["report"], language).sentences:
+            if s.valid and s.statement is not None:
+                phrasings[str(s.statement)][s.text] += 1
+    total = sum(sum(c.values()) for c in phrasings.values())
+    top = sum(max(c.values()) for c in phrasings.values())
+    return {"predictions": str(predictions), "language": language, "sentences": total,
+            "statements": len(phrasings), "distinct_phrasings": sum(len(c) for c in phrasings.values()),
+            "agreement": round(100 * top / total, 1) if total else None}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] not in ("en", "zh"):
+        sys.exit("usage: python scripts/phrasing_consistency.py en|zh PREDICTIONS.jsonl [...]")
+    for path in sys.argv[2:]:
+        print(json.dumps(phrasing_consistency(sys.argv[1], Path(path))))

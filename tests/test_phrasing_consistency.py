@@ -1,0 +1,34 @@
+"""scripts/phrasing_consistency.py: the share of each statement's sentences in its most frequent phrasing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("phrasing_consistency", ROOT / "scripts" / "phrasing_consistency.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write(path: Path, reports: list[str]) -> Path:
+    path.write_text("\n".join(json.dumps({"sample_id": str(i), "report": r}) for i, r in enumerate(reports)))
+    return path
+
+
+def test_agreement_by_hand(tmp_path):
+    mod = load_script()
+    a = "Findings: No evidence of pneumothorax. Impression: Normal chest radiograph."
+    b = "Findings: No pneumothorax is seen. Impression: Normal chest radiograph."
+    broken = "Findings: No No pneumothorax seen. Impression: Normal chest radiograph."
+    # pneumothorax: 2 of 3 in one phrasing; impression: 3 of 3; the broken sentence is not counted
+    out = mod.phrasing_consistency("en", write(tmp_path / "p.jsonl", [a, a, b, broken]))
+    assert (out["sentences"], out["statements"], out["distinct_phrasings"]) == (7, 2, 3)
+    assert out["agreement"] == round(100 * (2 + 4) / 7, 1)
+    same = mod.phrasing_consistency("en", write(tmp_path / "q.jsonl", [a, a, a]))
+    assert same["agreement"] == 100.0 and same["distinct_phrasings"] == 2
