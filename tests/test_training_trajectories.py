@@ -292,19 +292,20 @@ def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):
     bb = load_backbone(tiny_text_dir, dtype="float32")
     tok, mask = bb.tokenizer, bb.mask_token_id
     eos = tok.eos_token_id
+    other_stop = 7  # a second end-of-response id (as <|im_end|> beside <|endoftext|>)
     V = bb.model.get_output_embeddings().weight.shape[0]
     g = torch.Generator().manual_seed(0)
     examples, trajs = [], {}
     for i, (instr, R) in enumerate([("Write a report.", 8), ("Findings please, and be brief about it.", 12)]):
         e = TrainExample(prompt=engine_prompt(tok, instr), response_ids=[], sample_id=f"x{i}")
         toks = torch.randint(20, 300, (R,), generator=g).tolist()
-        toks[R - 3] = eos
+        toks[R - 3] = eos if i == 0 else other_stop  # a model may end a response with any of its stop ids
         logits = torch.randn(R, V, generator=g) * 2
         trajs[e.key] = Trajectory(e.sample_id, toks, torch.arange(V).expand(R, -1),
                                         torch.softmax(logits, -1).half(),
                                         torch.randint(1, L + 1, (R,), generator=g))
         examples.append(e)
-    ids = TokenIds(pad=tok.pad_token_id, mask=mask, eos=eos)
+    ids = TokenIds(pad=tok.pad_token_id, mask=mask, eos=eos, stops=(eos, other_stop))
 
     def by_hand(sw: bool, eos_ce: float, hard: bool = False) -> float:
         per = []
@@ -326,10 +327,10 @@ def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):
                 if hard:  # cross-entropy of the committed tokens (a one-hot teacher)
                     p = torch.nn.functional.one_hot(torch.tensor(t.tokens[n * L:(n + 1) * L]), V).float()
                 kl[n * L:(n + 1) * L] = (p * (torch.log(p.clamp_min(1e-12)) - logq)).sum(-1)
-                ce[n * L:(n + 1) * L] = -logq[:, eos]
+                ce[n * L:(n + 1) * L] = -logq[torch.arange(L), torch.tensor(t.tokens[n * L:(n + 1) * L])]
             w = t.steps.float() if sw else torch.ones(R)
             loss = (w * kl).sum() / w.sum()
-            is_eos = torch.tensor(t.tokens) == eos
+            is_eos = torch.isin(torch.tensor(t.tokens), torch.tensor([eos, other_stop]))
             if eos_ce:
                 loss = loss + eos_ce * ce[is_eos].mean()
             per.append(loss)

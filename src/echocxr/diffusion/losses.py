@@ -44,14 +44,15 @@ def sparse_log_probs(slot_logits: torch.Tensor, index: torch.Tensor) -> torch.Te
 
 
 def dcd_loss(slot_logits: torch.Tensor, t_index: torch.Tensor, t_probs: torch.Tensor, step_weight: torch.Tensor,
-             valid: torch.Tensor, eos_mask: torch.Tensor, eos_id: int, eos_ce: float = 1.0,
+             valid: torch.Tensor, eos_mask: torch.Tensor, eos_targets: torch.Tensor, eos_ce: float = 1.0,
              reverse: bool = False) -> tuple[torch.Tensor, dict]:
     """Direct Conditional Distillation (ECHO-SPEC §4, phase 2).
 
     KL(P_tch || p_student) per slot (forward; `reverse` gives the RKL ablation, over the teacher's stored
     support with the student renormalised there), weighted by `step_weight` (SW: proportional to the step
     at which the teacher committed the slot; all ones without SW), plus `eos_ce` times a CE pulling slots where
-    the teacher wrote <eos> to a one-hot <eos>.
+    the teacher wrote an end-of-response token (`eos_mask`; a model may have several) to a one-hot of that
+    token (`eos_targets`, (B, R)).
     """
     p = t_probs / t_probs.sum(dim=-1, keepdim=True).clamp_min(1e-12)
     logq = sparse_log_probs(slot_logits, t_index)
@@ -65,7 +66,7 @@ def dcd_loss(slot_logits: torch.Tensor, t_index: torch.Tensor, t_probs: torch.Te
     loss = per_example_mean(kl, w)
     metrics = {"kl": float(loss.detach())}
     if eos_ce > 0 and bool((eos_mask & valid).any()):
-        ce = -F.log_softmax(slot_logits.float(), dim=-1)[..., eos_id]
+        ce = -F.log_softmax(slot_logits.float(), dim=-1).gather(-1, eos_targets.clamp_min(0)[..., None]).squeeze(-1)
         eos_term = per_example_mean(ce, (eos_mask & valid).float())
         loss = loss + eos_ce * eos_term
         metrics["eos_ce"] = float(eos_term.detach())

@@ -25,7 +25,12 @@ if TYPE_CHECKING:
 class TokenIds:
     pad: int
     mask: int
-    eos: int
+    eos: int  # the tokenizer's: pads a response to whole blocks
+    stops: tuple[int, ...] = ()  # every id that ends a response (the engine stops on each); () = (eos,)
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        return self.stops or (self.eos,)
 
 
 class PromptPositions:
@@ -177,6 +182,6 @@ class DCDObjective(TrajectoryObjective):
             steps = t.steps.to(dev).float()
             weight[b, :n] = steps / steps.mean() if self.cfg.sw else 1.0
             valid[b, :n] = True
-        eos_mask = targets == self.ids.eos
-        return dcd_loss(logits, t_index, t_probs, weight, valid, eos_mask, self.ids.eos,
+        eos_mask = torch.isin(targets, torch.tensor(self.ids.stop_ids, device=targets.device))
+        return dcd_loss(logits, t_index, t_probs, weight, valid, eos_mask, targets,
                         eos_ce=self.cfg.eos_ce, reverse=self.cfg.rkl)

@@ -176,7 +176,7 @@ def run_stage(req: StageRequest) -> dict:
     clock.lap("load_s")
     positions = PromptPositions(model, bb.is_vision)
     ids = TokenIds(pad=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                   mask=bb.mask_token_id, eos=tok.eos_token_id)
+                   mask=bb.mask_token_id, eos=tok.eos_token_id, stops=tuple(bb.eos_token_ids))
     extra: dict = {"data": str(data), "train_examples": len(train), "skipped": tstats.skipped}
     aux = None
     if stage == "vision":
