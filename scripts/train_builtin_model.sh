@@ -31,8 +31,8 @@ block4() {  # RAD 2,500 steps at block length 4, then DCD
 block8() {  # RAD 1,000 steps at block length 8, 2,500 more from a warm restart (new warmup and cosine), then DCD
   stage rad-b8 rad --from "$RUN/ar/final" --block-length 8
   stage rad-b8-continued rad --from "$RUN/rad-b8/final" --block-length 8 --max-steps 2500
-  # the plain argmax teacher (no tie ratio): trained before the tie ratio existed, kept as measured (STUDY.md §3d)
-  stage dcd-b8 dcd --from "$RUN/rad-b8-continued/final" --block-length 8 --trajectory-tie-ratio 0
+  # as trained before §3d (the plain argmax teacher, 4,000 studies per language), kept as measured
+  stage dcd-b8 dcd --from "$RUN/rad-b8-continued/final" --block-length 8 --trajectory-tie-ratio 0 --max-examples 4000
 }
 block8 > "$RUN/block8.log" 2>&1 &
 B8=$!

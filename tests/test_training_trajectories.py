@@ -278,6 +278,8 @@ def test_trajectory_remasking_is_checked():
     assert load_config("dcd", None, trajectory_tie_ratio=0.7).trajectory_tie_ratio == 0.7
     with pytest.raises(UserError, match="trajectory_tie_ratio"):
         load_config("dcd", None, trajectory_tie_ratio=1.0)
+    with pytest.raises(UserError, match="max_examples"):
+        load_config("dcd", None, max_examples=-1)
 
 
 def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):

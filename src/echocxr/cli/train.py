@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rkl", action="store_true", help="DCD ablation: reverse KL")
     p.add_argument("--trajectory-remasking", choices=["low_confidence_dynamic", "sequential"],
                    help="DCD/baselines: the teacher's commit order within a block (default: the config's)")
+    p.add_argument("--max-examples", type=int,
+                   help="train on the first N studies per language only (0: all; default: the config's)")
     p.add_argument("--trajectory-tie-ratio", type=float,
                    help="DCD/baselines: the teacher's greedy tie-break (0: plain argmax, the paper; r: of the tokens "
                         "at least r times as likely as the top one, the lowest id)")
@@ -69,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
                       layout=args.layout, sw=False if args.no_sw else None, eos_ce=args.eos_ce,
                       rkl=True if args.rkl else None, seed=args.seed, label_weight=args.label_weight,
                       fsdp=True if args.fsdp else None, trajectory_remasking=args.trajectory_remasking,
-                      dcd_target=args.dcd_target, trajectory_tie_ratio=args.trajectory_tie_ratio)
+                      dcd_target=args.dcd_target, trajectory_tie_ratio=args.trajectory_tie_ratio,
+                      max_examples=args.max_examples)
     summary = run_stage(StageRequest(stage=args.stage, cfg=cfg, out=Path(args.out),
                                      from_dir=from_dir,
                                      data_dir=Path(args.data) if args.data else None, languages=langs,
