@@ -60,11 +60,13 @@ def recipe_text(run: Path, stage_dirs: list[str]) -> str:
             order = c.get("trajectory_remasking", "low_confidence_dynamic")
             order = ("decoded left to right" if order == "sequential"
                      else f"decoded most confident first, tau {c['tau']:g}")
+            if c.get("trajectory_tie_ratio", 0):
+                order += f", near-ties broken canonically at tie ratio {c['trajectory_tie_ratio']:g}"
             target = ("hard targets: cross-entropy on the tokens the teacher committed"
                       if c.get("dcd_target", "soft") == "hard" else "soft targets: KL to the teacher's distribution")
-            parts.append(f"{c['stage'].upper()} {steps} on the teacher's trajectories of {c['max_examples']:,} studies "
-                         f"per language ({order}; {target}; step-wise weights {'on' if c['sw'] else 'off'}, "
-                         f"<eos> CE weight {c['eos_ce']:g})")
+            studies = f"{c['max_examples']:,} studies per language" if c["max_examples"] else "every training study"
+            parts.append(f"{c['stage'].upper()} {steps} on the teacher's trajectories of {studies} ({order}; "
+                         f"{target}; step-wise weights {'on' if c['sw'] else 'off'}, <eos> CE weight {c['eos_ce']:g})")
     return "; ".join(parts) + "."
 
 
