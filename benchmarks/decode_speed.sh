@@ -13,7 +13,8 @@ STUDENT=${STUDENT:-dcd-b$L}  # (TEACHER=rad STUDENT=dcd for the previous built-i
 E=.venv/bin/echocxr
 # the phantom set the recipe rendered (its summary names it: the cache, or beside older runs)
 DATA=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"])' "$RUN/ar/summary.json")
-OUT=benchmarks/results/decode_speed
+OUT=benchmarks/results/decode_speed  # block length 8 here, another in block<L>/
+[ "$L" = 8 ] || OUT=$OUT/block$L
 EV="--manifest $DATA/test_en.json --max-new-tokens 256 --gen-batch-size 1 --metrics speed,rouge_l --protocol raw"
 $E eval --model "$RUN/ar/final"  --decoder ar $EV --out "$RUN/speed/ar"
 $E eval --model "$RUN/$TEACHER/final" --decoder multistep --steps $L --remasking low_confidence_dynamic --threshold 0.9 $EV --out "$RUN/speed/rad-multistep"
