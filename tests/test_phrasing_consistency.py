@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("phrasing_consistency", ROOT / "scripts" / "phrasing_consistency.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.script_modules import load_script
 
 
 def write(path: Path, reports: list[str]) -> Path:
@@ -22,7 +14,7 @@ def write(path: Path, reports: list[str]) -> Path:
 
 
 def test_agreement_by_hand(tmp_path):
-    mod = load_script()
+    mod = load_script("phrasing_consistency")
     a = "Findings: No evidence of pneumothorax. Impression: Normal chest radiograph."
     b = "Findings: No pneumothorax is seen. Impression: Normal chest radiograph."
     broken = "Findings: No No pneumothorax seen. Impression: Normal chest radiograph."

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from echocxr.data.phantom.generate import phantom_reports
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("validity_by_findings", ROOT / "scripts" / "validity_by_findings.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.script_modules import load_script
 
 
 def test_bins_count_valid_reports_by_findings(tmp_path):
-    mod = load_script()
+    mod = load_script("validity_by_findings")
     samples, preds = [], []
     reports = phantom_reports(0, 12, languages=("en",), variants=("normalised",))
     for i, r in enumerate(reports):
