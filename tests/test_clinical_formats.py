@@ -156,3 +156,13 @@ def test_format_names_accept_headers_and_rendering():
     assert render("json", report(), {"report": "x"}).body == b'{"report": "x"}'
     out = render("dicom-sr", report())
     assert out.binary and out.media_type == "application/dicom" and out.body[128:132] == b"DICM"
+
+
+def test_decoder_description_names_refinement_and_tie_break():
+    from echocxr.clinical.record import describe_decoder
+    from echocxr.decoding.engine import DecodeConfig
+
+    assert describe_decoder(DecodeConfig(decoder="onestep", block_length=4)) == "onestep, block length 4"
+    assert describe_decoder(DecodeConfig(decoder="onestep", block_length=4, refine=0.8)) == \
+        "onestep, block length 4, tokens at or below confidence 0.8 refined"
+    assert describe_decoder(DecodeConfig(decoder="ar", tie_ratio=0.7)) == "ar, tie ratio 0.7"

@@ -43,6 +43,10 @@ def describe_decoder(cfg: Any) -> str:
         parts.append(f"{cfg.steps} steps, {cfg.remasking}")
     if cfg.decoder != "ar":
         parts.append(f"block length {cfg.block_length}")
+    if getattr(cfg, "refine", 0) > 0:
+        parts.append(f"tokens at or below confidence {cfg.refine:g} refined")
+    if getattr(cfg, "tie_ratio", 0) > 0:
+        parts.append(f"tie ratio {cfg.tie_ratio:g}")
     return ", ".join(parts)
 
 
