@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-step decoding with one refinement pass (`--refine T`: a block with any token below confidence T gets one
+# One-step decoding with one refinement pass (`--refine T`: a block with any token at or below confidence T gets one
 # more forward over those tokens, seeing the rest) on a training run's DCD model: quality against tokens per
 # forward over thresholds, beside the run's AR, multi-step and plain one-step rows, on the 240 CXR-Phantom test
 # studies per language. Reuses the evaluations scripts/train_builtin_model.sh wrote in RUN/eval.

@@ -31,8 +31,8 @@ def add_decode_arguments(p: argparse.ArgumentParser, model_args: bool = True) ->
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--refine", type=float, default=0.0, metavar="T",
-                   help="one-step: a block with any token below confidence T gets one more forward over those "
-                        "tokens, seeing the rest (default 0: never; costs tokens per forward)")
+                   help="one-step: a block with any token at or below confidence T gets one more forward over "
+                        "those tokens, seeing the rest (default 0: never; costs tokens per forward)")
     g.add_argument("--tie-ratio", type=float, default=0.0,
                    help="greedy tie-break: of the tokens at least this share of the top one's probability, "
                         "take the lowest id, the same choice in every context (default 0: plain argmax)")

@@ -46,7 +46,7 @@ class DecodeConfig:
     top_p: float = 1.0
     tie_ratio: float = 0.0  # greedy's canonical tie-break (sampling.sample_tokens); 0 = plain argmax
     # one-step with refinement: a block whose every token has confidence above `refine` is kept after its one
-    # forward; otherwise the tokens below it are masked again and decoded in one more forward, seeing the rest
+    # forward; otherwise the tokens at or below it are masked again and decoded in one more forward, seeing the rest
     refine: float = 0.0
     prefill: str = "block_grid"  # block_grid (official) | response_aligned
     fused: bool = True  # one-step only: fused block KV cache
