@@ -16,6 +16,7 @@ DECODERS = [
     dict(decoder="multistep", steps=2, remasking="low_confidence_static"),
     dict(decoder="multistep", steps=4, remasking="low_confidence_dynamic", threshold=0.01),
     dict(decoder="multistep", steps=3, remasking="sequential"),
+    dict(decoder="multistep", steps=4, remasking="low_entropy_dynamic", threshold=0.5),
     dict(decoder="onestep", fused=True),
     dict(decoder="onestep", fused=False),
 ]

@@ -18,7 +18,8 @@ from echocxr.errors import UserError
 SETTINGS_FILE = "echocxr.json"
 PREFILL_MODES = ("block_grid", "response_aligned")
 DECODERS = ("ar", "multistep", "onestep")
-REMASKING_STRATEGIES = ("sequential", "low_confidence_static", "low_confidence_dynamic")
+# low_entropy_dynamic: dParallel/d3LLM decode by entropy (nats), not confidence; `threshold` is then the entropy bound
+REMASKING_STRATEGIES = ("sequential", "low_confidence_static", "low_confidence_dynamic", "low_entropy_dynamic")
 DOMAINS = ("", "cxr-phantom")  # "": any chest X-ray (real checkpoints)
 PHANTOM_DOMAIN = "cxr-phantom"
 # multistep on a model whose own setting is one step: one token per forward at worst (steps = L), more

@@ -22,7 +22,7 @@ def add_decode_arguments(p: argparse.ArgumentParser, model_args: bool = True) ->
     g.add_argument("--block-length", type=int, help="tokens per block (default: the model's)")
     g.add_argument("--steps", type=int, help="multistep: denoising rounds per block")
     g.add_argument("--remasking", choices=REMASKING_STRATEGIES, help="multistep remasking strategy")
-    g.add_argument("--threshold", type=float, help="low_confidence_dynamic threshold (default 0.85)")
+    g.add_argument("--threshold", type=float, help="low_confidence_dynamic threshold (default 0.85); for low_entropy_dynamic the entropy bound in nats")
     g.add_argument("--prefill", choices=PREFILL_MODES, help="block_grid (official checkpoints) or response_aligned")
     g.add_argument("--no-fused", action="store_true", help="one-step: vanilla block cache instead of the fused one")
     g.add_argument("--max-new-tokens", type=int, default=512)

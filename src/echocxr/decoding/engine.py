@@ -268,8 +268,8 @@ class ReportEngine:
                     break
                 batch.tokens[:, b0:b1] = cur
                 logits = self._step_logits(batch, b0 - L if carry_prev else b0, b1, cfg, denoise=True)
-                x0, conf, _ = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.tie_ratio)
-                commit = select_transfer(masked, conf, k, remasking, threshold)
+                x0, conf, probs = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.tie_ratio)
+                commit = select_transfer(masked, conf, k, remasking, threshold, probs)
                 cur = torch.where(commit, x0, cur)
                 cur_conf = torch.where(commit, conf, cur_conf)  # the probability at the step that committed it
                 batch.forwards += active.long()

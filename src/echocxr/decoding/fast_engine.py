@@ -306,8 +306,9 @@ class FastPath:
         rows.cache.advance(q)
         rows.cache.rollback(plan.rollback)  # a denoising pass never keeps its block's KV
         if cfg.temperature > 0 or k is not None or cfg.tie_ratio > 0:
-            x0, conf, _ = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.tie_ratio)
+            x0, conf, probs = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.tie_ratio)
         else:  # greedy: the chosen token's softmax probability without materialising the softmax
+            probs = None  # one forward per block: no remasking rule reads it
             x0 = logits.argmax(dim=-1)
             lf = logits.float()
             conf = torch.exp(lf.amax(dim=-1) - torch.logsumexp(lf, dim=-1))
@@ -320,7 +321,8 @@ class FastPath:
             masked = cur == self.e.bb.mask_token_id
             active = masked.any(dim=1)
             # one forward per block commits every masked position; a multi-step round follows the remasking rule
-            committed = masked if k is None else select_transfer(masked, conf, k, cfg.remasking, cfg.threshold)
+            committed = masked if k is None else select_transfer(masked, conf, k, cfg.remasking, cfg.threshold,
+                                                                 probs)
         new = torch.where(committed, x0, cur)
         rows.tokens.index_copy_(1, out_cols, new)
         rows.conf.index_copy_(1, out_cols, torch.where(committed, conf, rows.conf.index_select(1, out_cols)))

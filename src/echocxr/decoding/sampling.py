@@ -2,7 +2,9 @@
 
 Remasking follows the official ECHO/SDAR code: a step may commit `k` tokens where `k` comes from an even
 split of the block length over the steps; `low_confidence_dynamic` commits every masked position whose
-confidence beats the threshold when that is at least `k` of them.
+confidence beats the threshold when that is at least `k` of them. `low_entropy_dynamic` is the same rule on
+the entropy of each position's distribution (commit those at or below the threshold, in nats, at least the `k`
+lowest): how dParallel's and d3LLM's code decode.
 """
 
 from __future__ import annotations
@@ -62,10 +64,18 @@ def transfer_schedule(block_length: int, steps: int) -> list[int]:
 
 
 def select_transfer(masked: torch.Tensor, confidence: torch.Tensor, k: int, strategy: str,
-                    threshold: float = 0.85) -> torch.Tensor:
-    """Which masked positions to commit this round. masked/confidence: (A, L) -> bool (A, L)."""
+                    threshold: float = 0.85, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Which masked positions to commit this round. masked/confidence: (A, L) -> bool (A, L); `probs` (A, L, V),
+    the distributions the tokens were drawn from, is needed by `low_entropy_dynamic` only."""
     if strategy not in REMASKING_STRATEGIES:
         raise ValueError(f"unknown remasking strategy {strategy!r} (use one of {REMASKING_STRATEGIES})")
+    if strategy == "low_entropy_dynamic":
+        if probs is None:
+            raise ValueError("low_entropy_dynamic needs the distributions (probs)")
+        p = probs.float()
+        entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
+        # the same rule on -entropy: at least the k surest, all of them when enough are at or below the bound
+        return select_transfer(masked, -entropy, k, "low_confidence_dynamic", -threshold - 1e-12)
     n_masked = masked.sum(dim=1)
     kk = torch.clamp(n_masked, max=k)  # per row
     L = masked.shape[1]
