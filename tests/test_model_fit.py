@@ -83,7 +83,9 @@ def test_stage_settings_record_what_each_stage_was_trained_for(tmp_path):
     assert (s.decoders, s.languages, s.image_size, s.domain) == (["onestep"], ["en", "zh"], 128, "cxr-phantom")
     assert stage_settings("ar", cfg, recipe, data).decoders == ["ar"]
     assert stage_settings("rad", cfg, recipe, data).decoders == ["multistep", "onestep"]
-    assert stage_settings("dparallel", cfg, recipe, data).decoders == ["onestep"]
+    dp = stage_settings("dparallel", cfg, recipe, data)  # a baseline decodes as its paper does by default
+    assert (dp.decoder, dp.decoders, dp.remasking, dp.steps) == ("multistep", ["multistep", "onestep"],
+                                                                 "low_entropy_dynamic", cfg.block_length)
     # --data: the recipe's phantom size says nothing about it; a phantom set says its own size
     given = StageRequest("dcd", cfg, tmp_path / "out", data_dir=data)
     assert (stage_settings("dcd", cfg, given, data).image_size, stage_settings("dcd", cfg, given, data).domain) == (

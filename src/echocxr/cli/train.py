@@ -37,6 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "at least r times as likely as the top one, the lowest id)")
     p.add_argument("--dcd-target", choices=["soft", "hard"],
                    help="DCD: the teacher's distribution (soft, the paper) or its committed token (hard)")
+    p.add_argument("--t3d-form", choices=["ddo", "dpo"],
+                   help="T3D: ddo (its code, the default) or dpo (per-block DPO, as the ECHO paper describes it)")
     p.add_argument("--label-weight", type=float,
                    help="AR: weight of the finding-label BCE on the language model's states (0 = off)")
     p.add_argument("--seed", type=int)
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                       rkl=True if args.rkl else None, seed=args.seed, label_weight=args.label_weight,
                       fsdp=True if args.fsdp else None, trajectory_remasking=args.trajectory_remasking,
                       dcd_target=args.dcd_target, trajectory_tie_ratio=args.trajectory_tie_ratio,
-                      max_examples=args.max_examples)
+                      max_examples=args.max_examples, t3d_form=args.t3d_form)
     summary = run_stage(StageRequest(stage=args.stage, cfg=cfg, out=Path(args.out),
                                      from_dir=from_dir,
                                      data_dir=Path(args.data) if args.data else None, languages=langs,

@@ -28,3 +28,9 @@ def mask_blocks(tokens: list[int], block_length: int, mask_id: int, gen: torch.G
             out[b0 + j] = mask_id
         ts.append(n / L)
     return out, ts
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """Randomness shared by every example of one optimizer step (e.g. d3LLM's per-step mask ratio): the same on
+    every rank and micro-batch of that step, and again after a resume."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + 999_983) * 1_000_033 + step)

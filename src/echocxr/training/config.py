@@ -59,7 +59,14 @@ class TrainConfig:
     entropy_temperature: float = 0.5  # dParallel
     cd4lm_lambda: float = 0.7
     cd4lm_temperature: float = 2.0
-    dpo_beta: float = 0.1  # T3D
+    dpo_beta: float = 0.1  # T3D: beta of its DDO (and of the DPO variant)
+    # T3D: ddo (its code: DDO real/fake on per-sequence mean log-probs, a reference refreshed from the student, a
+    # path CE) | dpo (the ECHO paper's description: DPO on per-block sums against the frozen initial student)
+    t3d_form: str = "ddo"
+    t3d_path_weight: float = 0.2  # T3D's released config (its code falls back to 0.05 without one)
+    ddo_alpha: float = 0.5  # weight of DDO's fake term
+    t3d_refresh_every: int = 10  # optimizer steps between copies of the student into the reference (0: never)
+    t3d_random_ratio: float = 0.1  # share of masked slots given a random token instead of the mask
     # tiny model built when a vision/AR run has no --from (recipes)
     tiny_model: dict = field(default_factory=dict)
     image_size: int = 0  # square side the tiny model's images are resized to (0: 112); phantoms render at it
@@ -73,6 +80,10 @@ class TrainConfig:
                             f"{', '.join(REMASKING_STRATEGIES)}")
         if self.max_examples < 0:
             raise UserError(f"max_examples must be 0 (all) or a positive count, got {self.max_examples}")
+        if self.t3d_form not in ("ddo", "dpo"):
+            raise UserError(f"t3d_form must be ddo or dpo, got {self.t3d_form!r}")
+        if self.t3d_refresh_every < 0 or not 0.0 <= self.t3d_random_ratio <= 1.0:
+            raise UserError("t3d_refresh_every must be >= 0 and t3d_random_ratio in [0, 1]")
         if not 0.0 <= self.trajectory_tie_ratio < 1.0:
             raise UserError(f"trajectory_tie_ratio must be in [0, 1), got {self.trajectory_tie_ratio}")
         if self.dcd_target not in ("soft", "hard"):

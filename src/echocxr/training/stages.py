@@ -111,9 +111,15 @@ def stage_settings(stage: str, cfg: TrainConfig, req: StageRequest | None = None
     elif stage == "rad":  # the teacher decodes multistep; its native one-step decode is the paper's ablation
         s = ModelSettings(block_length=cfg.block_length, prefill="response_aligned", decoder="multistep",
                           steps=cfg.block_length, threshold=cfg.tau, stage="rad", decoders=["multistep", "onestep"])
-    else:  # dcd and the baseline distillations: one step per block
+    elif stage == "dcd":  # one step per block
         s = ModelSettings(block_length=cfg.block_length, prefill="response_aligned", decoder="onestep", steps=1,
                           stage=stage, decoders=["onestep"])
+    else:  # a baseline distillation decodes as its paper does; one step per block is the comparison with DCD
+        from echocxr.training.baselines import baseline_decoding
+
+        s = ModelSettings(block_length=cfg.block_length, prefill="response_aligned", decoder="multistep",
+                          stage=stage, decoders=["multistep", "onestep"],
+                          **baseline_decoding(stage, cfg.block_length))
     phantom_info: dict = {}
     if data is not None and (Path(data) / "phantom.json").is_file():  # written by write_phantom_set
         try:
@@ -237,7 +243,7 @@ def run_stage(req: StageRequest) -> dict:
         else:
             from echocxr.training.baselines import make_baseline_objective
 
-            options = {"num_train": len(train)} if stage == "d3llm" else {}
+            options = {"num_train": len(train)} if stage in ("d3llm", "t3d") else {}
             objective = make_baseline_objective(stage, positions, ids, bb.is_vision, cfg, trajs, **options)
     req.out.mkdir(parents=True, exist_ok=True)
     if state.is_main_process:
