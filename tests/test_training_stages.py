@@ -169,3 +169,19 @@ def test_dcd_stage_stops_when_the_teacher_finishes_too_few(tmp_path, rad_run, ov
                         lambda *a, **k: ({}, {"kept": 0, "dropped_unfinished": 3, "dropped_loop": 1}))
     with pytest.raises(UserError, match="teacher finished only 0 of 4"):
         stage("dcd", tmp_path / "dcd", overfit_data, from_dir=rad_run / "final", max_steps=2)
+
+
+@pytest.mark.parametrize("change,needle", [({"prefill": "block_grid"}, "block_grid prefill"),
+                                           ({"block_length": 8}, "trained at block length 8")])
+def test_distillation_refuses_a_teacher_it_would_decode_in_another_mode(tmp_path, rad_run, overfit_data, change,
+                                                                        needle):
+    import shutil
+
+    from echocxr.errors import UserError
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(rad_run / "final", teacher)
+    settings = json.loads((teacher / "echocxr.json").read_text())
+    (teacher / "echocxr.json").write_text(json.dumps({**settings, **change}))
+    with pytest.raises(UserError, match=needle):
+        stage("dcd", tmp_path / "dcd", overfit_data, from_dir=teacher, max_steps=1)

@@ -168,6 +168,8 @@ def run_stage(req: StageRequest) -> dict:
         bb = new_tiny_backbone(cfg, train_samples)
     else:
         bb = load_backbone(req.from_dir, dtype="float32")
+        if stage not in ("vision", "ar", "rad"):
+            _check_teacher(bb.settings, Path(req.from_dir), cfg.block_length)
     model, tok, ip = bb.model, bb.tokenizer, bb.image_processor
     model.train()
     if stage == "vision":
@@ -264,6 +266,21 @@ def run_stage(req: StageRequest) -> dict:
     if state.is_main_process:
         (req.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def _check_teacher(settings: ModelSettings, from_dir: Path, block_length: int) -> None:
+    """The teacher decodes its trajectories and the student trains in the RAD layout, both with blocks aligned
+    to the response: a model released for the prompt's block grid (official ECHO checkpoints), or one trained
+    at another block length, would be decoded in a mode it was not trained for."""
+    from echocxr.backbones.settings import SETTINGS_FILE
+
+    if settings.prefill != "response_aligned":
+        raise UserError(f"{from_dir} decodes with {settings.prefill} prefill (blocks on the prompt's grid, as official "
+                        "ECHO checkpoints): distillation here aligns blocks with the response; start from a Base "
+                        "trained by `echocxr train rad`")
+    if (from_dir / SETTINGS_FILE).is_file() and settings.block_length != block_length:
+        raise UserError(f"{from_dir} was trained at block length {settings.block_length}, not {block_length}: "
+                        f"pass --block-length {settings.block_length} (or train a Base at {block_length})")
 
 
 def _finished_summary(req: StageRequest) -> dict:

@@ -53,6 +53,7 @@ def teacher_config(block_length: int, tau: float, max_new_tokens: int,
                    remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0) -> DecodeConfig:
     return DecodeConfig(decoder="multistep", block_length=block_length, steps=block_length,
                         remasking=remasking, threshold=tau, max_new_tokens=max_new_tokens,
+                        # the stage refuses any other teacher (stages._check_teacher): RAD trains response-aligned
                         prefill="response_aligned", record_logits=True, tie_ratio=tie_ratio).validate()
 
 
