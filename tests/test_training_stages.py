@@ -185,3 +185,25 @@ def test_distillation_refuses_a_teacher_it_would_decode_in_another_mode(tmp_path
     (teacher / "echocxr.json").write_text(json.dumps({**settings, **change}))
     with pytest.raises(UserError, match=needle):
         stage("dcd", tmp_path / "dcd", overfit_data, from_dir=teacher, max_steps=1)
+
+
+def test_dcd_student_grows_after_the_teacher_decoded(tmp_path, rad_run, overfit_data, fake_teacher):
+    from echocxr.backbones.loading import load_backbone
+    from echocxr.errors import UserError
+
+    out = tmp_path / "dcd-grown"
+    summary = stage("dcd", out, overfit_data, from_dir=rad_run / "final", max_steps=4, lr=5e-3, grow_layers=2,
+                    save_every=2)
+    assert summary["student_layers"] == 3  # the recipe's 1 + 2
+    bb = load_backbone(out / "final")
+    assert bb.model.config.text_config.num_hidden_layers == 3
+    assert len(bb.model.model.language_model.layers) == 3
+    # resuming a grown run rebuilds the grown student before its checkpoint is loaded
+    cfg = load_config("dcd", None, **{**TINY, "max_steps": 6, "lr": 5e-3, "grow_layers": 2, "save_every": 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_stage(StageRequest(stage="dcd", cfg=cfg, out=out, from_dir=rad_run / "final", data_dir=overfit_data,
+                               resume=True, progress=False))
+    assert len(losses(out)) == 6
+    with pytest.raises(UserError, match="grow_layers"):
+        stage("rad", tmp_path / "rad", overfit_data, from_dir=rad_run / "final", max_steps=1, grow_layers=1)

@@ -35,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trajectory-tie-ratio", type=float,
                    help="DCD/baselines: the teacher's greedy tie-break (0: plain argmax, the paper; r: of the tokens "
                         "at least r times as likely as the top one, the lowest id)")
+    p.add_argument("--grow-layers", type=int,
+                   help="DCD/baselines: append N identity decoder layers to the student before it trains (a deeper "
+                        "one-step student than its teacher; default: the config's, 0)")
     p.add_argument("--dcd-target", choices=["soft", "hard"],
                    help="DCD: the teacher's distribution (soft, the paper) or its committed token (hard)")
     p.add_argument("--t3d-form", choices=["ddo", "dpo"],
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                       rkl=True if args.rkl else None, seed=args.seed, label_weight=args.label_weight,
                       fsdp=True if args.fsdp else None, trajectory_remasking=args.trajectory_remasking,
                       dcd_target=args.dcd_target, trajectory_tie_ratio=args.trajectory_tie_ratio,
-                      max_examples=args.max_examples, t3d_form=args.t3d_form)
+                      max_examples=args.max_examples, t3d_form=args.t3d_form, grow_layers=args.grow_layers)
     summary = run_stage(StageRequest(stage=args.stage, cfg=cfg, out=Path(args.out),
                                      from_dir=from_dir,
                                      data_dir=Path(args.data) if args.data else None, languages=langs,

@@ -54,6 +54,9 @@ class TrainConfig:
     sw: bool = True  # step-wise weighting
     eos_ce: float = 1.0  # weight of the extra <eos> CE (0 = off)
     rkl: bool = False  # reverse-KL ablation
+    # DCD/baselines: decoder layers appended to the student as exact identities before it trains (the teacher
+    # keeps its depth): more attention rounds for a block's positions to agree within one forward
+    grow_layers: int = 0
     # baselines
     entropy_weight: float = 2.0  # dParallel
     entropy_temperature: float = 0.5  # dParallel
@@ -84,6 +87,8 @@ class TrainConfig:
             raise UserError(f"t3d_form must be ddo or dpo, got {self.t3d_form!r}")
         if self.t3d_refresh_every < 0 or not 0.0 <= self.t3d_random_ratio <= 1.0:
             raise UserError("t3d_refresh_every must be >= 0 and t3d_random_ratio in [0, 1]")
+        if self.grow_layers < 0:
+            raise UserError(f"grow_layers must be 0 or a positive count, got {self.grow_layers}")
         if not 0.0 <= self.trajectory_tie_ratio < 1.0:
             raise UserError(f"trajectory_tie_ratio must be in [0, 1), got {self.trajectory_tie_ratio}")
         if self.dcd_target not in ("soft", "hard"):

@@ -141,6 +141,8 @@ def run_stage(req: StageRequest) -> dict:
     from echocxr.backbones.loading import load_backbone
 
     cfg, stage = req.cfg, req.stage
+    if cfg.grow_layers and stage in ("vision", "ar", "rad"):
+        raise UserError(f"grow_layers (--grow-layers) deepens a distilled student; stage {stage} has none")
     clock = _Clock()
     torch.manual_seed(cfg.seed)
     state = PartialState(cpu=not torch.cuda.is_available())  # must match the Accelerator made in loop.py
@@ -231,6 +233,10 @@ def run_stage(req: StageRequest) -> dict:
                                     tie_ratio=cfg.trajectory_tie_ratio, **shard)
         model.train()
         del engine
+        if cfg.grow_layers:  # after the teacher decoded: it keeps its depth, the student starts as it
+            from echocxr.backbones.depth import append_identity_layers
+
+            extra["student_layers"] = append_identity_layers(model, cfg.grow_layers)
         train = [e for e in train if e.key in trajs]
         if len(train) < cfg.batch_size:
             raise UserError(f"the teacher finished only {st['kept']} of {st['kept'] + st['dropped_unfinished'] + st['dropped_loop']} "
