@@ -15,13 +15,9 @@ RECIPE=phantom-builtin
 SHIP=${SHIP:-4}
 # one thread per stage: the two block lengths train at once on a 2-core machine (more when only one is left)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-stage() {  # stage DIR STAGE [extra args]
-  local dir=$1 name=$2; shift 2
-  if [ -f "$RUN/$dir/final/config.json" ]; then echo "stage $dir: done already"; return; fi
-  local resume=""
-  [ -f "$RUN/$dir/latest" ] && resume="--resume"
-  $E train "$name" --config $RECIPE --lang en,zh --out "$RUN/$dir" --no-progress $resume "$@"
-}
+# stage DIR STAGE [args] (skips a finished stage, resumes an interrupted one) and evaluate NAME MODEL LANG [args]
+STAGES_PLAN=0  # always run (the helper can also only list, for benchmarks/phantom_study.sh)
+source scripts/lib/stages.sh
 stage vision vision
 stage ar ar --from "$RUN/vision/final"
 block4() {  # RAD 2,500 steps at block length 4, then DCD
@@ -41,12 +37,6 @@ wait $B8 || { echo "block length 8 failed: see $RUN/block8.log" >&2; exit 1; }
 teacher() { if [ "$1" = 4 ]; then echo rad-b4; else echo rad-b8-continued; fi; }
 # the phantom set the recipe rendered (its summary names it: the cache, or beside older runs)
 DATA=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"])' "$RUN/ar/summary.json")
-evaluate() {  # evaluate NAME MODEL LANG [decoder args]
-  local name=$1 model=$2 lang=$3; shift 3
-  if [ -f "$RUN/eval/$name-$lang/summary.json" ]; then return; fi
-  $E eval --model "$model" --manifest "$DATA/test_$lang.json" --max-new-tokens 256 --gen-batch-size 16 \
-    --protocol raw --out "$RUN/eval/$name-$lang" "$@"
-}
 ROWS="ar"
 for L in 4 8; do ROWS="$ROWS rad-multistep-b$L rad-sequential-b$L rad-native-onestep-b$L dcd-onestep-b$L"; done
 for lang in en zh; do

@@ -45,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-weight", type=float,
                    help="AR: weight of the finding-label BCE on the language model's states (0 = off)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--save-every", type=int, help="optimizer steps between checkpoints (0: the final one only; "
+                   "default: the config's)")
+    p.add_argument("--keep-checkpoints", type=int,
+                   help="checkpoints kept in --out, the newest (0: every one, e.g. to evaluate each later; "
+                        "default 2); each checkpoint directory is a loadable model directory")
     p.add_argument("--fsdp", action="store_true",
                    help="shard parameters, gradients and optimizer state over the processes (torchrun/accelerate launch)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
@@ -77,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                       rkl=True if args.rkl else None, seed=args.seed, label_weight=args.label_weight,
                       fsdp=True if args.fsdp else None, trajectory_remasking=args.trajectory_remasking,
                       dcd_target=args.dcd_target, trajectory_tie_ratio=args.trajectory_tie_ratio,
-                      max_examples=args.max_examples, t3d_form=args.t3d_form, grow_layers=args.grow_layers)
+                      max_examples=args.max_examples, t3d_form=args.t3d_form, grow_layers=args.grow_layers,
+                      save_every=args.save_every, keep_checkpoints=args.keep_checkpoints)
     summary = run_stage(StageRequest(stage=args.stage, cfg=cfg, out=Path(args.out),
                                      from_dir=from_dir,
                                      data_dir=Path(args.data) if args.data else None, languages=langs,

@@ -77,6 +77,9 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def prune_checkpoints(out_dir: Path, keep: int = 2) -> None:
+    """Delete all but the newest `keep` complete checkpoints (0: keep every one)."""
+    if keep <= 0:
+        return
     cands = sorted(p for p in Path(out_dir).glob("checkpoint-*") if (p / STATE_FILE).is_file())
     for p in cands[:-keep]:
         shutil.rmtree(p, ignore_errors=True)

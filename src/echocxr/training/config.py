@@ -27,6 +27,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 200
     save_every: int = 200
+    keep_checkpoints: int = 2  # checkpoints kept in the run folder, newest first (0 = keep every one)
     eval_examples: int = 64
     fsdp: bool = False
     # data
@@ -81,6 +82,10 @@ class TrainConfig:
         if self.trajectory_remasking not in REMASKING_STRATEGIES:
             raise UserError(f"trajectory_remasking {self.trajectory_remasking!r} is not one of "
                             f"{', '.join(REMASKING_STRATEGIES)}")
+        if self.keep_checkpoints < 0:
+            raise UserError(f"keep_checkpoints must be 0 (keep all) or a positive count, got {self.keep_checkpoints}")
+        if self.save_every < 0:
+            raise UserError(f"save_every must be 0 (only the final checkpoint) or a positive interval, got {self.save_every}")
         if self.max_examples < 0:
             raise UserError(f"max_examples must be 0 (all) or a positive count, got {self.max_examples}")
         if self.t3d_form not in ("ddo", "dpo"):

@@ -164,7 +164,7 @@ def run_training(model: torch.nn.Module, objective: Objective, train: list, val:
                                         "scheduler": aux_sched.state_dict()}
             save_checkpoint(out_dir, step, acc.unwrap_model(model), tokenizer, image_processor, settings,
                             trainer_state, state_dict=weights)
-            prune_checkpoints(out_dir)
+            prune_checkpoints(out_dir, cfg.keep_checkpoints)
         acc.wait_for_everyone()
 
     bar = tqdm(total=cfg.max_steps, initial=start_step, desc=f"train {stage}", disable=not (acc.is_main_process and progress),

@@ -18,8 +18,8 @@ from echocxr.errors import UserError
 from echocxr.training.checkpoint import latest_checkpoint
 
 # settings that may change between a run and its --resume without making it another run
-RESUMABLE_CHANGES = {"max_steps", "log_every", "eval_every", "save_every", "eval_examples", "fsdp",
-                     "micro_batch_size"}
+RESUMABLE_CHANGES = {"max_steps", "log_every", "eval_every", "save_every", "keep_checkpoints", "eval_examples",
+                     "fsdp", "micro_batch_size"}
 RUN_FILES = ("latest", "metrics.jsonl", "summary.json", "train_config.json")
 
 
