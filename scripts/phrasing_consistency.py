@@ -14,22 +14,29 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 from echocxr.data.phantom.parse import read_report
 
 
-def phrasing_consistency(language: str, predictions: Path) -> dict:
+def agreement(language: str, reports: Iterable[str]) -> dict:
+    """Phrasing agreement of a set of reports (see the module docstring)."""
     phrasings: dict[str, Counter] = defaultdict(Counter)
-    for line in predictions.read_text().splitlines():
-        for s in read_report(json.loads(line)["report"], language).sentences:
+    for report in reports:
+        for s in read_report(report, language).sentences:
             if s.valid and s.statement is not None:
                 phrasings[str(s.statement)][s.text] += 1
     total = sum(sum(c.values()) for c in phrasings.values())
     top = sum(max(c.values()) for c in phrasings.values())
-    return {"predictions": str(predictions), "language": language, "sentences": total,
+    return {"language": language, "sentences": total,
             "statements": len(phrasings), "distinct_phrasings": sum(len(c) for c in phrasings.values()),
             "agreement": round(100 * top / total, 1) if total else None}
+
+
+def phrasing_consistency(language: str, predictions: Path) -> dict:
+    reports = (json.loads(line)["report"] for line in predictions.read_text().splitlines())
+    return {"predictions": str(predictions), **agreement(language, reports)}
 
 
 if __name__ == "__main__":
