@@ -164,9 +164,12 @@ def test_dicom_listen_stops_cleanly_on_ctrl_c(tmp_path):
 
     src = str(Path(__file__).resolve().parent.parent / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    # Ctrl-C as in a terminal: a suite started in the background inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler in the child
     proc = subprocess.Popen([sys.executable, "-m", "echocxr.cli", "dicom-listen", "--port", "0", "--out",
                              str(tmp_path), "--max-new-tokens", "16", "--log-level", "warning"],
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         lines = []
         for line in proc.stderr:
