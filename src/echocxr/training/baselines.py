@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from echocxr.diffusion.losses import token_ce
 from echocxr.diffusion.noise import example_generator, step_generator
-from echocxr.diffusion.sequences import SequenceBatch, build_diffusion_batch, pad_to_blocks
+from echocxr.diffusion.sequences import SequenceBatch, pad_to_blocks
 from echocxr.training.config import TrainConfig
 from echocxr.training.objectives import PromptPositions, TokenIds, TrajectoryObjective, slot_logits
 from echocxr.training.trajectories import Trajectory
@@ -118,11 +118,15 @@ def consistency_loss(high_logits: torch.Tensor, low_logits: torch.Tensor, target
     return loss, {"kl": float(kl_m.detach()), "ce": float(ce_m.detach())}
 
 
+def label_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, R, V), (B, R) -> (B, R): log p(label) at each slot (labels < 0 read as 0; weight them out)."""
+    return F.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
+
+
 def block_logprob_sums(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                        block_length: int) -> torch.Tensor:
     """(B, R, V), (B, R), (B, R) -> (B, R / L): sum of log p(label) over each block's valid slots."""
-    logp = F.log_softmax(logits.float(), dim=-1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
-    logp = logp * valid
+    logp = label_logprobs(logits, labels) * valid
     B, R = labels.shape
     return logp.view(B, R // block_length, block_length).sum(-1)
 
@@ -328,14 +332,6 @@ class _StepAware:
         return step
 
 
-def _frozen_copy(model: torch.nn.Module, bf16: bool) -> torch.nn.Module:
-    ref = copy.deepcopy(getattr(model, "module", model))
-    ref.requires_grad_(False)
-    if bf16:
-        ref.to(torch.bfloat16)
-    return ref.eval()
-
-
 class _FrozenModel:
     """A frozen copy of the student (its initial weights unless refreshed), run without grad in the student's
     precision policy: CD4LM's teacher view, T3D's reference."""
@@ -348,7 +344,11 @@ class _FrozenModel:
         return mp == "bf16" or (mp == "auto" and torch.cuda.is_available())
 
     def freeze(self, model: torch.nn.Module) -> torch.nn.Module:
-        return _frozen_copy(model, self._bf16())
+        ref = copy.deepcopy(getattr(model, "module", model))
+        ref.requires_grad_(False)
+        if self._bf16():
+            ref.to(torch.bfloat16)
+        return ref.eval()
 
     def frozen_logits(self, frozen: torch.nn.Module, model, batch: SequenceBatch) -> torch.Tensor:
         dev = next(model.parameters()).device
@@ -448,14 +448,16 @@ class D3LLMObjective(_StepAware, TrajectoryObjective):
         super().__init__(*args, **kw)
         self._init_steps(num_train)
 
-    def progress(self, model, indices: Sequence[int], epoch: int) -> float:
-        step = self.train_step(model, indices, epoch)
+    def _progress_at(self, step: int | None) -> float:
         return 1.0 if step is None else min(1.0, step / max(1, self.cfg.max_steps))
+
+    def progress(self, model, indices: Sequence[int], epoch: int) -> float:
+        return self._progress_at(self.train_step(model, indices, epoch))
 
     def __call__(self, model, examples, indices, epoch):
         L = self.cfg.block_length
         step = self.train_step(model, indices, epoch)
-        p = 1.0 if step is None else min(1.0, step / max(1, self.cfg.max_steps))
+        p = self._progress_at(step)
         ratio = d3llm_ratio(p, step_generator(self.cfg.seed, -1 if step is None else step))
         size = d3llm_block_size(p, L)
         trajs = self.trajectories(examples)
@@ -466,11 +468,7 @@ class D3LLMObjective(_StepAware, TrajectoryObjective):
             second.append(c)
         clean = [pad_to_blocks(list(t.tokens), size, self.ids.pad) for t in trajs] * 2
         masks = [pad_to_blocks(m, size, False) for m in first + second]
-        batch = build_diffusion_batch([e.prompt for e in examples] * 2, clean,
-                                      [[self.ids.mask if m else tok for tok, m in zip(c, mk, strict=True)]
-                                       for c, mk in zip(clean, masks, strict=True)], size,
-                                      self.positions if self.is_vision else None, self.ids.pad, self.ids.mask,
-                                      layout=self.cfg.layout)
+        batch = self.batch([e.prompt for e in examples] * 2, clean, masks, block_length=size)
         logits, targets, noised = self.logits(model, batch)
         B = len(examples)
         scored = noised & (targets >= 0)
@@ -550,14 +548,12 @@ class T3DObjective(_StepAware, _FrozenModel, TrajectoryObjective):
         noised = torch.tensor([m + [False] * (R - len(m)) for m in masked], device=logits.device) & (real >= 0)
         ref_logits = self.frozen_logits(self.reference, model, batch).to(logits.device)
         fake = torch.where(noised, ref_logits.argmax(-1), real)
-        lp = lambda lg, lab: F.log_softmax(lg.float(), -1).gather(-1, lab.clamp_min(0)[..., None])[..., 0]  # noqa: E731
-        w = noised.float()
-        n = w.sum(1).clamp_min(1.0)
-        pi_r, pi_f = (lp(logits, real) * w).sum(1) / n, (lp(logits, fake) * w).sum(1) / n
-        ref_r, ref_f = (lp(ref_logits, real) * w).sum(1) / n, (lp(ref_logits, fake) * w).sum(1) / n
-        has = (w.sum(1) > 0).float()[:, None]
-        ddo = ddo_loss(pi_r[:, None], pi_f[:, None], ref_r[:, None], ref_f[:, None], cfg.dpo_beta, has,
-                       cfg.ddo_alpha)
+        def seq_mean(lg: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # (B, 1): over the masked slots
+            return example_means(label_logprobs(lg, labels), noised)[:, None]
+
+        has = noised.any(1).float()[:, None]
+        ddo = ddo_loss(seq_mean(logits, real), seq_mean(logits, fake), seq_mean(ref_logits, real),
+                       seq_mean(ref_logits, fake), cfg.dpo_beta, has, cfg.ddo_alpha)
         valid = real >= 0
         ce = token_ce(logits, real)
         levels = [path_levels(t.steps.tolist(), L, max(1, L // 2)) for t in trajs]

@@ -142,9 +142,11 @@ class TrajectoryObjective:
     def trajectories(self, examples) -> list[Trajectory]:
         return [self.traj[e.key] for e in examples]
 
-    def batch(self, prompts: list, clean: list[list[int]], masks: list[list[bool]]) -> SequenceBatch:
+    def batch(self, prompts: list, clean: list[list[int]], masks: list[list[bool]],
+              block_length: int | None = None) -> SequenceBatch:
+        """RAD sequences of `clean` with the `masks` slots masked, in blocks of `block_length` (default: cfg's)."""
         noisy = [[self.ids.mask if m else t for t, m in zip(c, mk, strict=True)] for c, mk in zip(clean, masks, strict=True)]
-        return build_diffusion_batch(prompts, clean, noisy, self.cfg.block_length,
+        return build_diffusion_batch(prompts, clean, noisy, block_length or self.cfg.block_length,
                                      self.positions if self.is_vision else None, self.ids.pad, self.ids.mask,
                                      layout=self.cfg.layout)
 
