@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from echocxr.backbones.depth import language_model
 from echocxr.backbones.gqa_attention import GQA_ATTENTION, text_attention
 from echocxr.backbones.prompt import EncodedPrompt
 from echocxr.decoding.engine import DecodeConfig, EventHook, ReportEngine, build_generation
@@ -156,8 +157,7 @@ class FastPath:
         self.attention = attention
         self.width_multiple = width_multiple  # canvas widths are rounded up: one graph serves many lengths
         self.max_shapes = max_shapes  # (batch, width) buffer sets kept, with their graphs
-        inner = self.model.model
-        self._lm = inner.language_model if hasattr(inner, "language_model") else inner
+        self._lm = language_model(self.model)
         self._head = self.model.lm_head
         self._offsets = torch.arange(128, device=self.device)  # a step feeds at most 2L <= 128 columns
         self._buffers: dict[tuple[int, int], _Rows] = {}

@@ -8,7 +8,9 @@ from pathlib import Path
 from echocxr.backbones.settings import REMASKING_STRATEGIES
 from echocxr.errors import UserError
 
-STAGES = ("vision", "ar", "rad", "dcd", "dparallel", "cd4lm", "d3llm", "t3d")
+# the stages that distil a Base on its own trajectories (DCD and the baselines)
+DISTILLATION_STAGES = ("dcd", "dparallel", "cd4lm", "d3llm", "t3d")
+STAGES = ("vision", "ar", "rad", *DISTILLATION_STAGES)
 
 
 @dataclass
@@ -178,7 +180,7 @@ def load_config(stage: str, name_or_file: str | None, **overrides) -> TrainConfi
         if name_or_file in RECIPES:
             recipe = RECIPES[name_or_file]
             values.update(recipe.get("*", {}))
-            values.update(recipe.get(stage, recipe.get("dcd", {}) if stage not in ("vision", "ar", "rad") else {}))
+            values.update(recipe.get(stage, recipe.get("dcd", {}) if stage in DISTILLATION_STAGES else {}))
         elif Path(name_or_file).is_file():
             values.update(_read_yaml(Path(name_or_file), stage))
         else:

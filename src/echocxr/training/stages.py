@@ -11,7 +11,7 @@ import torch
 
 from echocxr.backbones.settings import ModelSettings
 from echocxr.errors import UserError
-from echocxr.training.config import TrainConfig
+from echocxr.training.config import DISTILLATION_STAGES, TrainConfig
 from echocxr.training.examples import build_examples
 from echocxr.training.objectives import ARObjective, DCDObjective, PromptPositions, RADObjective, TokenIds
 from echocxr.training.run_dir import changed_settings, check_run_folder, clear_run_folder, read_run_folder
@@ -141,7 +141,7 @@ def run_stage(req: StageRequest) -> dict:
     from echocxr.backbones.loading import load_backbone
 
     cfg, stage = req.cfg, req.stage
-    if cfg.grow_layers and stage in ("vision", "ar", "rad"):
+    if cfg.grow_layers and stage not in DISTILLATION_STAGES:
         raise UserError(f"grow_layers (--grow-layers) deepens a distilled student; stage {stage} has none")
     clock = _Clock()
     torch.manual_seed(cfg.seed)
@@ -170,7 +170,7 @@ def run_stage(req: StageRequest) -> dict:
         bb = new_tiny_backbone(cfg, train_samples)
     else:
         bb = load_backbone(req.from_dir, dtype="float32")
-        if stage not in ("vision", "ar", "rad"):
+        if stage in DISTILLATION_STAGES:
             _check_teacher(bb.settings, Path(req.from_dir), cfg.block_length)
     model, tok, ip = bb.model, bb.tokenizer, bb.image_processor
     model.train()
