@@ -10,18 +10,15 @@ RUN=${1:-runs/builtin}
 L=${2:-4}
 THRESHOLDS=${THRESHOLDS:-"0.5 0.7 0.8 0.9 0.95"}
 E=.venv/bin/echocxr
+. scripts/lib/stages.sh  # evaluate: the shared evaluation row
 DATA=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"])' "$RUN/ar/summary.json")
 OUT=benchmarks/results/refine_curve
 mkdir -p "$OUT"
 for lang in en zh; do
   rows="$RUN/eval/ar-$lang $RUN/eval/rad-multistep-b$L-$lang $RUN/eval/rad-sequential-b$L-$lang $RUN/eval/dcd-onestep-b$L-$lang"
   for t in $THRESHOLDS; do
-    d="$RUN/eval/dcd-refine$t-b$L-$lang"
-    if [ ! -f "$d/summary.json" ]; then
-      $E eval --model "$RUN/dcd-b$L/final" --manifest "$DATA/test_$lang.json" --max-new-tokens 256 \
-        --gen-batch-size 16 --protocol raw --decoder onestep --refine "$t" --out "$d"
-    fi
-    rows="$rows $d"
+    evaluate "dcd-refine$t-b$L" "$RUN/dcd-b$L/final" $lang --decoder onestep --refine "$t"
+    rows="$rows $RUN/eval/dcd-refine$t-b$L-$lang"
   done
   $E eval --summaries $rows --reference-row "ar-$lang" --table-out "$OUT/table_$lang.md" \
     --plot-out "$OUT/quality_vs_tpf_$lang.png"

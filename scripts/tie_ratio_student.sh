@@ -13,22 +13,17 @@ R=${2:-0.5}
 E=$PWD/.venv/bin/echocxr
 P=$PWD/.venv/bin/python
 NAME=dcd-b4-tie$R
+RECIPE=phantom-builtin
+. scripts/lib/stages.sh  # stage, evaluate: the shared training stage and evaluation row
 DATA=$($P -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"])' "$RUN/ar/summary.json")
-if [ ! -f "$RUN/$NAME/final/config.json" ]; then
-  resume=""; [ -f "$RUN/$NAME/latest" ] && resume="--resume"
-  $E train dcd --config phantom-builtin --lang en,zh --from "$RUN/rad-b4/final" --block-length 4 \
-    --trajectory-tie-ratio "$R" --out "$RUN/$NAME" --no-progress $resume
-fi
+stage "$NAME" dcd --from "$RUN/rad-b4/final" --block-length 4 --trajectory-tie-ratio "$R"
 OUT=benchmarks/results/builtin_model/tie_ratio
 mkdir -p "$OUT"
 cp "$RUN/$NAME/summary.json" "$OUT/train-$NAME.json"
 : > "$OUT/student-tie$R.jsonl"
 for lang in en zh; do
   d="$RUN/eval/dcd-tie$R-onestep-b4-$lang"
-  if [ ! -f "$d/summary.json" ]; then
-    $E eval --model "$RUN/$NAME/final" --manifest "$DATA/test_$lang.json" --max-new-tokens 256 \
-      --gen-batch-size 16 --protocol raw --decoder onestep --out "$d"
-  fi
+  evaluate "dcd-tie$R-onestep-b4" "$RUN/$NAME/final" $lang --decoder onestep
   cp "$d/summary.json" "$OUT/summary-dcd-tie$R-onestep-b4-$lang.json"
   cp "$RUN/eval/dcd-tie0.7-onestep-b4-$lang/summary.json" "$OUT/summary-dcd-tie0.7-onestep-b4-$lang.json"
   rows="$RUN/eval/ar-$lang $RUN/eval/rad-sequential-tie$R-b4-$lang $RUN/eval/dcd-tie0.7-onestep-b4-$lang $d"

@@ -10,6 +10,7 @@ L=${2:-4}
 RATIOS=${RATIOS:-"0.3 0.5 0.7"}
 if [ "$L" = 8 ]; then TEACHER=rad-b8-continued; else TEACHER=rad-b$L; fi
 E=.venv/bin/echocxr
+. scripts/lib/stages.sh  # evaluate: the shared evaluation row
 DATA=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"])' "$RUN/ar/summary.json")
 OUT=benchmarks/results/builtin_model/tie_ratio
 mkdir -p "$OUT"
@@ -17,13 +18,9 @@ mkdir -p "$OUT"
 for lang in en zh; do
   rows="$RUN/eval/ar-$lang $RUN/eval/rad-sequential-b$L-$lang"  # written by scripts/train_builtin_model.sh
   for r in $RATIOS; do
-    d="$RUN/eval/rad-sequential-tie$r-b$L-$lang"
-    if [ ! -f "$d/summary.json" ]; then
-      $E eval --model "$RUN/$TEACHER/final" --manifest "$DATA/test_$lang.json" --max-new-tokens 256 \
-        --gen-batch-size 16 --protocol raw --decoder multistep --steps $L --remasking sequential \
-        --tie-ratio "$r" --out "$d"
-    fi
-    rows="$rows $d"
+    evaluate "rad-sequential-tie$r-b$L" "$RUN/$TEACHER/final" $lang --decoder multistep --steps $L \
+      --remasking sequential --tie-ratio "$r"
+    rows="$rows $RUN/eval/rad-sequential-tie$r-b$L-$lang"
   done
   $E eval --summaries $rows --reference-row "ar-$lang" --table-out "$OUT/table_$lang.md"
   preds=""; for d in $rows; do preds="$preds $d/predictions.jsonl"; cp "$d/summary.json" "$OUT/summary-$(basename "$d").json"; done
