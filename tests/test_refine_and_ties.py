@@ -32,7 +32,48 @@ def test_tie_ratio_takes_the_lowest_id_among_the_near_top_tokens():
     assert sample_tokens(batched, tie_ratio=0.7)[0].tolist() == [[1, 0], [1, 0]]
 
 
+def test_a_preference_breaks_the_tie_instead_of_the_lowest_id():
+    logits = torch.tensor([[0.05, 0.30, 0.40, 0.25], [0.70, 0.10, 0.05, 0.15]]).log()
+    prefer = torch.tensor([[9.0, 0.0, 1.0, 5.0], [0.0, 9.0, 9.0, 9.0]])
+    # row 0: near-top (ratio 0.6) are ids 1, 2, 3; the preference ranks 3 highest (0 is not near)
+    tok, conf, _ = sample_tokens(logits, tie_ratio=0.6, prefer=prefer)
+    assert tok.tolist() == [3, 0]  # row 1: only id 0 is near the top, whatever is preferred
+    torch.testing.assert_close(conf, torch.tensor([0.25, 0.70]))
+    assert sample_tokens(logits, tie_ratio=0.6)[0].tolist() == [1, 0]
+    assert sample_tokens(logits, prefer=prefer)[0].tolist() == [2, 0]  # no tie ratio: the plain argmax
+
+
+def test_one_step_tie_break_follows_the_blocks_first_forward(vl_engine, images):
+    """Each later round of a block commits, of the tokens near its own top, the one the block's first (all
+    masked) round ranks highest; the first round keeps the lowest-id rule. The fast path leaves it to the
+    reference engine, and the cached and uncached reference paths agree."""
+    prompts = vl_prompts(vl_engine, images)
+    R = 0.3
+    cfg = DecodeConfig(decoder="multistep", block_length=4, steps=4, remasking="sequential", max_new_tokens=16,
+                       prefill="response_aligned", tie_ratio=R, tie_break="one_step")
+    outs, ev = run_recorded(vl_engine.generate, prompts, cfg)
+    ref, ev_r = run_recorded(vl_engine.generate, prompts, replace(cfg, use_cache=False))
+    assert_same(outs, ev, ref, ev_r)
+    assert not FastPath(vl_engine).supports(cfg, prompts)
+    moved = 0
+    for (sample, block, step), (logits, tokens, committed, _, _) in ev.items():
+        lf = logits.float().log_softmax(-1)
+        near = lf >= lf.amax(-1, keepdim=True) + math.log(R)
+        first = ev[(sample, block, 0)][0].float()
+        for j, c in enumerate(committed):
+            if not c:
+                continue
+            cand = near[j].nonzero().flatten()
+            rule = cand[0] if step == 0 else cand[first[j, cand].argmax()]
+            assert tokens[j] == int(rule)
+            moved += step > 0 and tokens[j] != int(cand[0])
+    assert moved  # somewhere the first forward's preference differs from the lowest id
+    lowest = vl_engine.generate(prompts, replace(cfg, tie_break="lowest_id"))
+    assert [o.token_ids for o in lowest] != [o.token_ids for o in outs]
+
+
 @pytest.mark.parametrize("kw,needle", [
+    (dict(tie_ratio=0.5, tie_break="highest_id"), "unknown tie break"),
     (dict(tie_ratio=0.5, temperature=1.0), "greedy decoding only"),
     (dict(tie_ratio=1.0), "tie ratio must be"),
     (dict(tie_ratio=-0.1), "tie ratio must be"),

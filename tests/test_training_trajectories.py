@@ -266,6 +266,27 @@ def test_tie_ratio_trajectories_are_the_engine_decode_with_the_tie_break(teacher
         assert bool((chosen >= 0.3 * p.amax(dim=1) - 1e-3).all())
 
 
+def test_one_step_tie_break_reaches_the_trajectories_and_their_cache_key(teacher, monkeypatch):
+    engine, examples = teacher
+    seen = []
+    generate = engine.generate
+
+    def spy(prompts, cfg, **kw):
+        seen.append(cfg)
+        return generate(prompts, cfg, **kw)
+
+    monkeypatch.setattr(engine, "generate", spy)
+    collect_trajectories(engine, examples[:2], L, 0.9, max_new_tokens=MAX_NEW, progress=False,
+                         remasking="sequential", tie_ratio=0.3, tie_break="one_step")
+    assert [(c.tie_ratio, c.tie_break, c.remasking) for c in seen] == [(0.3, "one_step", "sequential")]
+    key = [trajectory_key("t", examples, L, 0.9, 0, MAX_NEW, "sequential", 0.3, tb)
+           for tb in ("lowest_id", "one_step")]
+    assert key[0] != key[1]
+    # without a tie ratio there is no tie to break: the setting does not split the cache
+    assert trajectory_key("t", examples, L, 0.9, 0, MAX_NEW, "sequential", 0.0, "one_step") == \
+        trajectory_key("t", examples, L, 0.9, 0, MAX_NEW, "sequential")
+
+
 def test_trajectory_remasking_is_checked():
     from echocxr.errors import UserError
     from echocxr.training.config import load_config
@@ -278,6 +299,9 @@ def test_trajectory_remasking_is_checked():
     assert load_config("dcd", None, trajectory_tie_ratio=0.7).trajectory_tie_ratio == 0.7
     with pytest.raises(UserError, match="trajectory_tie_ratio"):
         load_config("dcd", None, trajectory_tie_ratio=1.0)
+    assert load_config("dcd", None, trajectory_tie_break="one_step").trajectory_tie_break == "one_step"
+    with pytest.raises(UserError, match="trajectory_tie_break"):
+        load_config("dcd", None, trajectory_tie_break="random")
     with pytest.raises(UserError, match="max_examples"):
         load_config("dcd", None, max_examples=-1)
 

@@ -88,7 +88,7 @@ def screenshot(drv, tmp_path: Path, name: str) -> Path:
 
 @pytest.mark.parametrize("menu,fields", [
     ('option[value="multistep"]', {"decoder": "multistep"}),
-    ("option[data-refine]", {"decoder": "onestep", "refine": "0.5"}),  # one-step, unsure tokens refined
+    ("option[data-refine]", {"decoder": "onestep", "refine": "0.7"}),  # one-step, unsure tokens refined
 ], ids=["multistep", "refine"])
 def test_upload_streams_a_report(server, browser, tmp_path, menu, fields):
     from selenium.webdriver.common.by import By

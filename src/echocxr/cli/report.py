@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from echocxr.backbones.settings import DECODERS, PREFILL_MODES, REMASKING_STRATEGIES
+from echocxr.backbones.settings import DECODERS, PREFILL_MODES, REMASKING_STRATEGIES, TIE_BREAKS
 from echocxr.clinical.formats import FORMATS
 
 if TYPE_CHECKING:
@@ -36,6 +36,9 @@ def add_decode_arguments(p: argparse.ArgumentParser, model_args: bool = True) ->
     g.add_argument("--tie-ratio", type=float, default=0.0,
                    help="greedy tie-break: of the tokens at least this share of the top one's probability, "
                         "take the lowest id, the same choice in every context (default 0: plain argmax)")
+    g.add_argument("--tie-break", choices=TIE_BREAKS,
+                   help="with --tie-ratio: lowest_id (default), or one_step: in a multi-step block, the near-top "
+                        "token the block's first, all-masked forward ranks highest")
     g.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
                    help="static-cache fast path for one-step fused and AR decoding (default on; --no-fast: the "
                         "reference engine)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from echocxr.backbones.settings import TIE_BREAKS
 from echocxr.training.config import RECIPES, STAGES
 
 
@@ -35,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trajectory-tie-ratio", type=float,
                    help="DCD/baselines: the teacher's greedy tie-break (0: plain argmax, the paper; r: of the tokens "
                         "at least r times as likely as the top one, the lowest id)")
+    p.add_argument("--trajectory-tie-break", choices=list(TIE_BREAKS),
+                   help="DCD/baselines: which near-top token a teacher tie goes to: lowest_id, or one_step (the one "
+                        "the block's all-masked first forward ranks highest; default: the config's)")
     p.add_argument("--grow-layers", type=int,
                    help="DCD/baselines: append N identity decoder layers to the student before it trains (a deeper "
                         "one-step student than its teacher; default: the config's, 0)")
@@ -82,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
                       rkl=True if args.rkl else None, seed=args.seed, label_weight=args.label_weight,
                       fsdp=True if args.fsdp else None, trajectory_remasking=args.trajectory_remasking,
                       dcd_target=args.dcd_target, trajectory_tie_ratio=args.trajectory_tie_ratio,
+                      trajectory_tie_break=args.trajectory_tie_break,
                       max_examples=args.max_examples, t3d_form=args.t3d_form, grow_layers=args.grow_layers,
                       save_every=args.save_every, keep_checkpoints=args.keep_checkpoints)
     summary = run_stage(StageRequest(stage=args.stage, cfg=cfg, out=Path(args.out),

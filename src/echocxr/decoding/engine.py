@@ -20,7 +20,7 @@ import torch
 
 from echocxr.backbones.loading import Backbone
 from echocxr.backbones.prompt import EncodedPrompt, encode_prompt
-from echocxr.backbones.settings import DECODERS, PREFILL_MODES
+from echocxr.backbones.settings import DECODERS, PREFILL_MODES, TIE_BREAKS
 from echocxr.decoding.layout import Canvas, build_canvas
 from echocxr.decoding.results import DecodeEvent, Generation
 from echocxr.decoding.sampling import REMASKING_STRATEGIES, sample_tokens, select_transfer, transfer_schedule
@@ -45,6 +45,10 @@ class DecodeConfig:
     top_k: int = 0
     top_p: float = 1.0
     tie_ratio: float = 0.0  # greedy's canonical tie-break (sampling.sample_tokens); 0 = plain argmax
+    # which near-top token a tie goes to: lowest_id (the same in every context), or one_step: in a multi-step
+    # block, the one the block's first forward (all its positions masked, what a one-step decoder sees) ranks
+    # highest, so the block's later tokens follow what one forward would have written where the teacher allows
+    tie_break: str = "lowest_id"
     # one-step with refinement: a block whose every token has confidence above `refine` is kept after its one
     # forward; otherwise the tokens at or below it are masked again and decoded in one more forward, seeing the rest
     refine: float = 0.0
@@ -81,6 +85,8 @@ class DecodeConfig:
             raise UserError(f"tie ratio must be in [0, 1), got {self.tie_ratio}")
         if self.tie_ratio > 0 and self.temperature > 0:
             raise UserError("a tie ratio applies to greedy decoding only (temperature 0)")
+        if self.tie_break not in TIE_BREAKS:
+            raise UserError(f"unknown tie break {self.tie_break!r} (use one of: {', '.join(TIE_BREAKS)})")
         if not 0 < self.top_p <= 1.0 or self.top_k < 0:
             raise UserError("need 0 < top_p <= 1 and top_k >= 0")
         if not 0 <= self.seed < 2**64:  # torch.Generator takes 64-bit seeds
@@ -261,6 +267,7 @@ class ReportEngine:
             cur = batch.tokens[:, b0:b1].clone()
             cur_conf = batch.conf[:, b0:b1].clone()
             carry_prev = fused and n > 0  # this forward also writes block n-1's KV
+            first = None  # the block's all-masked logits, for the one_step tie-break
             for step, k in enumerate(schedule):
                 masked = cur == mask_id
                 active = masked.any(dim=1)
@@ -268,7 +275,10 @@ class ReportEngine:
                     break
                 batch.tokens[:, b0:b1] = cur
                 logits = self._step_logits(batch, b0 - L if carry_prev else b0, b1, cfg, denoise=True)
-                x0, conf, probs = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.tie_ratio)
+                if step == 0 and cfg.tie_break == "one_step":
+                    first = logits
+                x0, conf, probs = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.tie_ratio,
+                                                prefer=first if step else None)
                 commit = select_transfer(masked, conf, k, remasking, threshold, probs)
                 cur = torch.where(commit, x0, cur)
                 cur_conf = torch.where(commit, conf, cur_conf)  # the probability at the step that committed it

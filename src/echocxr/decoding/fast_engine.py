@@ -179,6 +179,8 @@ class FastPath:
     def supports(self, cfg: DecodeConfig, prompts: list[EncodedPrompt] | None = None) -> bool:
         if not cfg.use_cache or cfg.refine > 0:  # refinement: the reference engine's data-dependent second pass
             return False
+        if cfg.tie_break != "lowest_id" and cfg.tie_ratio > 0:  # one_step ties read the block's first forward
+            return False
         if prompts:  # every decode starts from a prefill (the vision inputs go there)
             L = cfg.block_length
             if cfg.decoder == "ar":

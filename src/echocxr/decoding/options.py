@@ -20,7 +20,8 @@ def decode_config_from_options(engine: ReportEngine, options: Any) -> DecodeConf
         remasking=options.remasking, threshold=options.threshold, prefill=options.prefill,
         fused=False if options.no_fused else None, max_new_tokens=options.max_new_tokens,
         temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, seed=options.seed,
-        tie_ratio=getattr(options, "tie_ratio", None), refine=getattr(options, "refine", None),
+        tie_ratio=getattr(options, "tie_ratio", None), tie_break=getattr(options, "tie_break", None),
+        refine=getattr(options, "refine", None),
     )
 
 

@@ -19,7 +19,8 @@ from echocxr.backbones.settings import REMASKING_STRATEGIES  # noqa: F401  (re-e
 
 def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                   generator: torch.Generator | None = None,
-                  tie_ratio: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  tie_ratio: float = 0.0,
+                  prefer: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """logits (..., V) -> (tokens (...), confidence of each token (...), distribution (..., V)).
 
     The distribution is the one the token was drawn from (after temperature and filtering); greedy uses
@@ -27,7 +28,9 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0
     canonical tie-break: of the tokens whose probability is at least `tie_ratio` times the top one, the
     lowest vocabulary id wins. Between equally valid phrasings the plain argmax follows tiny, context-
     dependent differences; the canonical choice is the same in every context, so a one-step student
-    distilled on such trajectories has a target it can predict.
+    distilled on such trajectories has a target it can predict. `prefer` (logits of the same shape) replaces
+    the lowest id as the tie-break: of the near-top tokens, the one `prefer` ranks highest (the `one_step`
+    tie-break of DecodeConfig).
     """
     shape = logits.shape[:-1]
     flat = logits.reshape(-1, logits.shape[-1]).float()
@@ -35,7 +38,11 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0
         probs = F.softmax(flat, dim=-1)
         if tie_ratio > 0:
             near = flat >= flat.amax(dim=-1, keepdim=True) + math.log(tie_ratio)
-            tokens = near.to(torch.uint8).argmax(dim=-1)  # the first (lowest-id) near-top token
+            if prefer is None:
+                tokens = near.to(torch.uint8).argmax(dim=-1)  # the first (lowest-id) near-top token
+            else:
+                ranked = prefer.reshape(flat.shape).float().masked_fill(~near, float("-inf"))
+                tokens = ranked.argmax(dim=-1)
         else:
             tokens = flat.argmax(dim=-1)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from echocxr.backbones.settings import REMASKING_STRATEGIES
+from echocxr.backbones.settings import REMASKING_STRATEGIES, TIE_BREAKS
 from echocxr.errors import UserError
 
 # the stages that distil a Base on its own trajectories (DCD and the baselines)
@@ -50,6 +50,10 @@ class TrainConfig:
     # of the tokens at least r times as likely as the top one, the lowest id, so each statement's phrasing is
     # the same in every context and a one-step student can predict it (STUDY.md §3d)
     trajectory_tie_ratio: float = 0.0
+    # which near-top token a tie goes to (DecodeConfig.tie_break): lowest_id, or one_step: the one the block's
+    # all-masked first forward ranks highest, so the target is what a one-step student already writes wherever
+    # the teacher allows it (STUDY.md §3f)
+    trajectory_tie_break: str = "lowest_id"
     # soft: the teacher's commit-time distribution (the paper); hard: a one-hot of the token it committed
     # (cross-entropy on the trajectory), which keeps a near-tie choice of phrasing one choice (STUDY.md §3c)
     dcd_target: str = "soft"
@@ -98,6 +102,9 @@ class TrainConfig:
             raise UserError(f"grow_layers must be 0 or a positive count, got {self.grow_layers}")
         if not 0.0 <= self.trajectory_tie_ratio < 1.0:
             raise UserError(f"trajectory_tie_ratio must be in [0, 1), got {self.trajectory_tie_ratio}")
+        if self.trajectory_tie_break not in TIE_BREAKS:
+            raise UserError(f"trajectory_tie_break must be one of {', '.join(TIE_BREAKS)}, "
+                            f"got {self.trajectory_tie_break!r}")
         if self.dcd_target not in ("soft", "hard"):
             raise UserError(f"dcd_target must be soft or hard, got {self.dcd_target!r}")
         if self.schedule not in ("cosine", "linear", "constant"):

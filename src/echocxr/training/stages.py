@@ -226,11 +226,13 @@ def run_stage(req: StageRequest) -> dict:
                                     cfg.trajectory_topk, cfg.max_response_tokens,
                                     progress=req.progress and state.is_main_process,
                                     remasking=cfg.trajectory_remasking,
-                                    tie_ratio=cfg.trajectory_tie_ratio, **shard)
+                                    tie_ratio=cfg.trajectory_tie_ratio,
+                                    tie_break=cfg.trajectory_tie_break, **shard)
         vtrajs, _ = load_or_collect(cache, str(req.from_dir), engine, val, cfg.block_length, cfg.tau,
                                     cfg.trajectory_topk, cfg.max_response_tokens, progress=False,
                                     remasking=cfg.trajectory_remasking,
-                                    tie_ratio=cfg.trajectory_tie_ratio, **shard)
+                                    tie_ratio=cfg.trajectory_tie_ratio,
+                                    tie_break=cfg.trajectory_tie_break, **shard)
         model.train()
         del engine
         if cfg.grow_layers:  # after the teacher decoded: it keeps its depth, the student starts as it

@@ -47,23 +47,27 @@ def has_repetition_loop(ids: list[int], min_repeats: int = 4, max_ngram: int = 8
 
 
 DEFAULT_REMASKING = "low_confidence_dynamic"
+DEFAULT_TIE_BREAK = "lowest_id"
 
 
 def teacher_config(block_length: int, tau: float, max_new_tokens: int,
-                   remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0) -> DecodeConfig:
+                   remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0,
+                   tie_break: str = DEFAULT_TIE_BREAK) -> DecodeConfig:
     return DecodeConfig(decoder="multistep", block_length=block_length, steps=block_length,
                         remasking=remasking, threshold=tau, max_new_tokens=max_new_tokens,
                         # the stage refuses any other teacher (stages._check_teacher): RAD trains response-aligned
-                        prefill="response_aligned", record_logits=True, tie_ratio=tie_ratio).validate()
+                        prefill="response_aligned", record_logits=True, tie_ratio=tie_ratio,
+                        tie_break=tie_break).validate()
 
 
 def collect_trajectories(engine: ReportEngine, examples: list, block_length: int, tau: float, topk: int = 0,
                          batch_size: int = 16, max_new_tokens: int = 512, progress: bool = True,
                          remasking: str = DEFAULT_REMASKING,
-                         tie_ratio: float = 0.0) -> tuple[dict[str, Trajectory], dict]:
+                         tie_ratio: float = 0.0,
+                         tie_break: str = DEFAULT_TIE_BREAK) -> tuple[dict[str, Trajectory], dict]:
     from tqdm.auto import tqdm
 
-    cfg = teacher_config(block_length, tau, max_new_tokens, remasking, tie_ratio)
+    cfg = teacher_config(block_length, tau, max_new_tokens, remasking, tie_ratio, tie_break)
     V = engine.model.get_output_embeddings().weight.shape[0]
     K = V if (topk == 0 and V <= FULL_DISTRIBUTION_MAX_VOCAB) else (topk or 64)
     out: dict[str, Trajectory] = {}
@@ -113,13 +117,16 @@ def collect_trajectories(engine: ReportEngine, examples: list, block_length: int
 
 
 def trajectory_key(teacher_dir: str, examples: list, block_length: int, tau: float, topk: int,
-                   max_new_tokens: int, remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0) -> str:
+                   max_new_tokens: int, remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0,
+                   tie_break: str = DEFAULT_TIE_BREAK) -> str:
     h = hashlib.sha256()
     settings = [str(Path(teacher_dir).resolve()), block_length, tau, topk, max_new_tokens]
     if remasking != DEFAULT_REMASKING:  # keys of caches written before the setting existed stay valid
         settings.append(remasking)
     if tie_ratio:
         settings.append(f"tie_ratio={tie_ratio!r}")
+    if tie_ratio and tie_break != DEFAULT_TIE_BREAK:
+        settings.append(f"tie_break={tie_break}")
     h.update(json.dumps(settings).encode())
     for f in sorted(Path(teacher_dir).glob("*.safetensors")):
         st = f.stat()
@@ -133,7 +140,8 @@ def trajectory_key(teacher_dir: str, examples: list, block_length: int, tau: flo
 def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, examples: list, block_length: int,
                     tau: float, topk: int = 0, max_new_tokens: int = 512, progress: bool = True,
                     rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
-                    remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0):
+                    remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0,
+                    tie_break: str = DEFAULT_TIE_BREAK):
     """Reuse `cache_dir/<key>.pt` when teacher, data and settings match; else collect and write it atomically.
 
     With `world` processes (every rank calls this, `barrier` synchronises them) each rank decodes every
@@ -142,7 +150,8 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
     a collective's timeout)."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = trajectory_key(teacher_dir, examples, block_length, tau, topk, max_new_tokens, remasking, tie_ratio)
+    key = trajectory_key(teacher_dir, examples, block_length, tau, topk, max_new_tokens, remasking, tie_ratio,
+                         tie_break)
     path = cache_dir / f"trajectories-{key}.pt"
     if world > 1:
         barrier()  # every rank has looked for the cache entry before anyone writes it
@@ -151,9 +160,10 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
         return data["trajectories"], {**data["stats"], "cached": True, "path": str(path)}
     mine = examples[rank::world]
     trajs, stats = collect_trajectories(engine, mine, block_length, tau, topk, max_new_tokens=max_new_tokens,
-                                        progress=progress, remasking=remasking, tie_ratio=tie_ratio)
+                                        progress=progress, remasking=remasking, tie_ratio=tie_ratio,
+                                        tie_break=tie_break)
     entry = {"teacher": str(teacher_dir), "tau": tau, "block_length": block_length, "remasking": remasking,
-             "tie_ratio": tie_ratio}
+             "tie_ratio": tie_ratio, "tie_break": tie_break}
     if world == 1:
         _save_atomic({"trajectories": trajs, "stats": stats, **entry}, path)
         return trajs, {**stats, "cached": False, "path": str(path)}
