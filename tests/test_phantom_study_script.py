@@ -18,7 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "benchmarks" / "phantom_study.sh"
-SCRIPTS = [STUDY, ROOT / "scripts" / "lib" / "stages.sh", ROOT / "scripts" / "train_builtin_model.sh"]
+SCRIPTS = [STUDY, ROOT / "scripts" / "lib" / "stages.sh", ROOT / "scripts" / "train_builtin_model.sh"] + [
+    ROOT / "scripts" / f"{name}.sh" for name in ("tie_ratio_teacher", "tie_ratio_student", "student_variant")] + [
+    ROOT / "benchmarks" / "refine_curve.sh"]
 CURVE = list(range(250, 2501, 250))
 
 FAKE_ECHOCXR = r"""#!/usr/bin/env bash
@@ -92,6 +94,11 @@ def _evals(lines: list[str]) -> dict[tuple[str, str], str]:
 def test_scripts_are_valid_bash(script):
     res = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_student_variant_needs_a_run_and_a_name():
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "student_variant.sh")], capture_output=True, text=True)
+    assert res.returncode == 2 and res.stderr.startswith("usage: bash scripts/student_variant.sh RUN_DIR NAME")
 
 
 def test_listing_plans_every_row_and_runs_nothing(tmp_path):
