@@ -5,9 +5,11 @@
 # of findings; where the student first departs from its own teacher (scripts/first_divergence.py).
 #   bash scripts/student_variant.sh RUN_DIR NAME [echocxr train dcd args ...]
 # e.g.  bash scripts/student_variant.sh RUN dcd-b4-grow4-tie0.5 --grow-layers 4
+#       TIE_RATIO=0.3 bash scripts/student_variant.sh RUN dcd-b4-tie0.3 --trajectory-tie-ratio 0.3
 #       TIE_BREAK=one_step bash scripts/student_variant.sh RUN dcd-b4-tie0.5-onestep --trajectory-tie-break one_step
-# TIE_BREAK: the tie-break of the teacher the variant's trajectories come from (default lowest_id, the
-# recipe's); its left-to-right decode of the test split is RUN/eval/rad-sequential-tie0.5[-one_step]-b4-LANG.
+# TIE_RATIO, TIE_BREAK: the tie ratio and tie-break of the teacher the variant's trajectories come from (default
+# 0.5 and lowest_id, the recipe's); its left-to-right decode of the test split is
+# RUN/eval/rad-sequential-tie<R>[-<tie break>]-b4-LANG.
 # Resumable: a finished training or evaluation is not run again. Results: benchmarks/results/builtin_model/
 # variants/NAME/. Needs scripts/tie_ratio_student.sh's rows (the installed student and its teacher).
 set -euo pipefail
@@ -19,6 +21,7 @@ shift 2
 E=$PWD/.venv/bin/echocxr
 P=$PWD/.venv/bin/python
 RECIPE=phantom-builtin
+TIE_RATIO=${TIE_RATIO:-0.5}
 TIE_BREAK=${TIE_BREAK:-lowest_id}
 . scripts/lib/stages.sh  # stage, evaluate: the shared training stage and evaluation row
 DATA=$($P -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"])' "$RUN/ar/summary.json")
@@ -26,14 +29,14 @@ stage "$NAME" dcd --from "$RUN/rad-b4/final" --block-length 4 "$@"
 OUT=benchmarks/results/builtin_model/variants/$NAME
 mkdir -p "$OUT"
 cp "$RUN/$NAME/summary.json" "$OUT/train.json"
-teacher=rad-sequential-tie0.5-b4
-[ "$TIE_BREAK" = lowest_id ] || teacher=rad-sequential-tie0.5-$TIE_BREAK-b4
+teacher=rad-sequential-tie$TIE_RATIO-b4
+[ "$TIE_BREAK" = lowest_id ] || teacher=rad-sequential-tie$TIE_RATIO-$TIE_BREAK-b4
 : > "$OUT/analysis.jsonl"
 for lang in en zh; do
   d="$RUN/eval/$NAME-onestep-$lang"
   evaluate "$NAME-onestep" "$RUN/$NAME/final" $lang --decoder onestep
   evaluate "$teacher" "$RUN/rad-b4/final" $lang --decoder multistep --steps 4 --remasking sequential \
-    --tie-ratio 0.5 --tie-break "$TIE_BREAK"
+    --tie-ratio "$TIE_RATIO" --tie-break "$TIE_BREAK"
   installed="$RUN/eval/dcd-tie0.5-onestep-b4-$lang"
   for s in "$d" "$RUN/eval/$teacher-$lang"; do cp "$s/summary.json" "$OUT/summary-$(basename "$s").json"; done
   $E eval --summaries "$RUN/eval/ar-$lang" "$RUN/eval/$teacher-$lang" "$installed" "$d" \
@@ -51,4 +54,4 @@ for run in dcd-b4-tie0.5 "$NAME"; do
   (cd scripts && PYTHONPATH=../src $P trajectory_phrasing.py "$CACHE" "$RUN/$run/final" "$DATA") \
     | sed "s#^{#{\"run\": \"$run\", #" >> "$OUT/analysis.jsonl"
 done
-echo "TIE_BREAK=$TIE_BREAK bash scripts/student_variant.sh $RUN $NAME $*" > "$OUT/COMMAND"
+echo "TIE_RATIO=$TIE_RATIO TIE_BREAK=$TIE_BREAK bash scripts/student_variant.sh $RUN $NAME $*" > "$OUT/COMMAND"
