@@ -111,3 +111,18 @@ def test_report_says_when_it_stopped_at_the_token_limit(tiny_vl_dir, tmp_path, c
     assert main(["report", "--model", str(tiny_vl_dir), "--image", str(image), "--max-new-tokens", "4", "--json"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["stop"] == "length" and "token limit" not in captured.err
+
+
+@pytest.mark.parametrize("value", ["en", "en=", "=0.3", "en=x"])
+def test_a_bad_per_language_tie_ratio_is_one_line(value, tmp_path, capsys):
+    assert main(["train", "dcd", "--out", str(tmp_path / "o"), "--trajectory-tie-ratio-for", value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--trajectory-tie-ratio-for takes LANG=R" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_per_language_tie_ratios_parse():
+    from echocxr.cli.train import _ratios_by_language
+
+    assert _ratios_by_language(["en=0.3", "zh=0.5"]) == {"en": 0.3, "zh": 0.5}
+    assert _ratios_by_language(None) is None

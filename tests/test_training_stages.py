@@ -130,7 +130,7 @@ def fake_teacher(monkeypatch):
 
     def load_or_collect(cache_dir, teacher_dir, engine, examples, block_length, tau, topk=0, max_new_tokens=512,
                         progress=True, rank=0, world=1, barrier=None, remasking="low_confidence_dynamic",
-                        tie_ratio=0.0, tie_break="lowest_id"):
+                        tie_ratio=0.0, tie_break="lowest_id", superset=None):
         assert (rank, world) == (0, 1)
         calls.append(dict(teacher_dir=teacher_dir, n=len(examples), block_length=block_length, tau=tau,
                           tie_ratio=tie_ratio, tie_break=tie_break))
@@ -145,7 +145,8 @@ def fake_teacher(monkeypatch):
 def test_dcd_loss_falls(tmp_path, rad_run, overfit_data, fake_teacher):
     out = tmp_path / "dcd"
     summary = stage("dcd", out, overfit_data, from_dir=rad_run / "final", max_steps=20, lr=5e-3,
-                    trajectory_tie_ratio=0.7, trajectory_tie_break="one_step")
+                    trajectory_tie_ratio=0.9, trajectory_tie_ratio_by_language={"en": 0.7},
+                    trajectory_tie_break="one_step")
     ls = losses(out)
     assert len(ls) == 20
     assert ls[-1] < 0.5 * ls[0], ls

@@ -287,6 +287,51 @@ def test_one_step_tie_break_reaches_the_trajectories_and_their_cache_key(teacher
         trajectory_key("t", examples, L, 0.9, 0, MAX_NEW, "sequential")
 
 
+def test_a_cache_of_the_whole_set_serves_a_subset(teacher, tiny_vl_dir, tmp_path, monkeypatch):
+    engine, examples = teacher
+    whole, _ = load_or_collect(tmp_path, str(tiny_vl_dir), engine, examples, L, 0.9, max_new_tokens=MAX_NEW,
+                               progress=False)
+    calls = []
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: calls.append(1))
+    subset = [e for e in examples if e.language == "en"]
+    part, st = load_or_collect(tmp_path, str(tiny_vl_dir), engine, subset, L, 0.9, max_new_tokens=MAX_NEW,
+                               progress=False, superset=examples)
+    assert not calls and st["cached"] is True
+    assert part.keys() == {e.key for e in subset if e.key in whole} and part
+    assert st["kept"] + st["dropped_unfinished"] == len(subset)
+    for k in part:
+        assert part[k].tokens == whole[k].tokens and torch.equal(part[k].probs, whole[k].probs)
+    with pytest.raises(TypeError):  # another setting: no cache of the whole set, so it decodes (the stub fails)
+        load_or_collect(tmp_path, str(tiny_vl_dir), engine, subset, L, 0.5, max_new_tokens=MAX_NEW,
+                        progress=False, superset=examples)
+    assert calls
+
+
+def test_collect_by_tie_ratio_loads_each_ratio_once_and_merges():
+    from echocxr.training.trajectories import collect_by_tie_ratio
+
+    ex = [TrainExample(prompt=None, response_ids=[], sample_id=f"s{i}", language=lang)
+          for i, lang in enumerate(["en", "zh", "en", "zh", "en"])]
+    calls = []
+
+    def load(examples, ratio, superset):
+        calls.append(([e.key for e in examples], ratio))
+        assert superset is (ex if len({e.language for e in examples}) < 2 else None)
+        return ({e.key: ratio for e in examples},
+                {"kept": len(examples), "dropped_unfinished": 1, "dropped_loop": 0, "cached": ratio == 0.5,
+                 "path": f"p{ratio}"})
+
+    ratios = {"en": 0.3}
+    trajs, stats = collect_by_tie_ratio(ex, lambda e: ratios.get(e.language, 0.5), load)
+    assert calls == [(["s0#en", "s2#en", "s4#en"], 0.3), (["s1#zh", "s3#zh"], 0.5)]
+    assert trajs == {"s0#en": 0.3, "s2#en": 0.3, "s4#en": 0.3, "s1#zh": 0.5, "s3#zh": 0.5}
+    assert stats == {"kept": 5, "dropped_unfinished": 2, "dropped_loop": 0, "cached": False,
+                     "path": ["p0.3", "p0.5"], "tie_ratios": {"0.3": 3, "0.5": 2}}
+    calls.clear()  # one ratio for all: one call over every example, the stats as load gave them
+    trajs, stats = collect_by_tie_ratio(ex, lambda e: 0.5, load)
+    assert calls == [([e.key for e in ex], 0.5)] and stats["path"] == "p0.5"
+
+
 def test_trajectory_remasking_is_checked():
     from echocxr.errors import UserError
     from echocxr.training.config import load_config
@@ -302,6 +347,11 @@ def test_trajectory_remasking_is_checked():
     assert load_config("dcd", None, trajectory_tie_break="one_step").trajectory_tie_break == "one_step"
     with pytest.raises(UserError, match="trajectory_tie_break"):
         load_config("dcd", None, trajectory_tie_break="random")
+    by_lang = load_config("dcd", None, trajectory_tie_ratio_by_language={"en": 0.3})
+    assert by_lang.trajectory_tie_ratio_by_language == {"en": 0.3}
+    for bad in ({"en": 1.0}, {"en": "x"}, [0.3], {"en": True}):
+        with pytest.raises(UserError, match="trajectory_tie_ratio_by_language"):
+            load_config("dcd", None, trajectory_tie_ratio_by_language=bad)
     with pytest.raises(UserError, match="max_examples"):
         load_config("dcd", None, max_examples=-1)
 

@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trajectory-tie-ratio", type=float,
                    help="DCD/baselines: the teacher's greedy tie-break (0: plain argmax, the paper; r: of the tokens "
                         "at least r times as likely as the top one, the lowest id)")
+    p.add_argument("--trajectory-tie-ratio-for", action="append", metavar="LANG=R",
+                   help="DCD/baselines: a tie ratio for one language's trajectories, replacing --trajectory-tie-ratio "
+                        "there (repeatable, e.g. en=0.3)")
     p.add_argument("--trajectory-tie-break", choices=list(TIE_BREAKS),
                    help="DCD/baselines: which near-top token a teacher tie goes to: lowest_id, or one_step (the one "
                         "the block's all-masked first forward ranks highest; default: the config's)")
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
                       fsdp=True if args.fsdp else None, trajectory_remasking=args.trajectory_remasking,
                       dcd_target=args.dcd_target, trajectory_tie_ratio=args.trajectory_tie_ratio,
                       trajectory_tie_break=args.trajectory_tie_break,
+                      trajectory_tie_ratio_by_language=_ratios_by_language(args.trajectory_tie_ratio_for),
                       max_examples=args.max_examples, t3d_form=args.t3d_form, grow_layers=args.grow_layers,
                       save_every=args.save_every, keep_checkpoints=args.keep_checkpoints)
     summary = run_stage(StageRequest(stage=args.stage, cfg=cfg, out=Path(args.out),
@@ -106,3 +110,21 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps({"stage": args.stage, "final_model": summary["final_model"], "loss": last.get("loss"),
                       "eval_loss": last.get("eval_loss"), "steps": last.get("step"), "data": summary.get("data")}))
     return 0
+
+
+def _ratios_by_language(items: list[str] | None) -> dict[str, float] | None:
+    """['en=0.3', ...] -> {'en': 0.3}; None when the flag was not given (the config's setting stays)."""
+    from echocxr.errors import UserError
+
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        lang, sep, value = item.partition("=")
+        try:
+            out[lang.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not lang.strip():
+            raise UserError(f"--trajectory-tie-ratio-for takes LANG=R (e.g. en=0.3), got {item!r}")
+    return out

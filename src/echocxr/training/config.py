@@ -50,6 +50,9 @@ class TrainConfig:
     # of the tokens at least r times as likely as the top one, the lowest id, so each statement's phrasing is
     # the same in every context and a one-step student can predict it (STUDY.md §3d)
     trajectory_tie_ratio: float = 0.0
+    # per language, a ratio that replaces trajectory_tie_ratio for that language's examples (e.g. {"en": 0.3}):
+    # the two languages' trajectories are separate examples, and their best ratios differ (STUDY.md §3f)
+    trajectory_tie_ratio_by_language: dict = field(default_factory=dict)
     # which near-top token a tie goes to (DecodeConfig.tie_break): lowest_id, or one_step: the one the block's
     # all-masked first forward ranks highest, so the target is what a one-step student already writes wherever
     # the teacher allows it (STUDY.md §3f)
@@ -102,6 +105,11 @@ class TrainConfig:
             raise UserError(f"grow_layers must be 0 or a positive count, got {self.grow_layers}")
         if not 0.0 <= self.trajectory_tie_ratio < 1.0:
             raise UserError(f"trajectory_tie_ratio must be in [0, 1), got {self.trajectory_tie_ratio}")
+        by_lang = self.trajectory_tie_ratio_by_language
+        if not isinstance(by_lang, dict) or not all(
+                isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v < 1.0
+                for k, v in by_lang.items()):
+            raise UserError(f"trajectory_tie_ratio_by_language must map languages to ratios in [0, 1), got {by_lang!r}")
         if self.trajectory_tie_break not in TIE_BREAKS:
             raise UserError(f"trajectory_tie_break must be one of {', '.join(TIE_BREAKS)}, "
                             f"got {self.trajectory_tie_break!r}")

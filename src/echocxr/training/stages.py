@@ -213,7 +213,7 @@ def run_stage(req: StageRequest) -> dict:
         objective = RADObjective(positions, ids, bb.is_vision, cfg)
     else:
         from echocxr.decoding.engine import ReportEngine
-        from echocxr.training.trajectories import load_or_collect
+        from echocxr.training.trajectories import collect_by_tie_ratio, load_or_collect
 
         # Before training starts the student is the teacher (both are --from): decode with it, frozen by
         # inference mode, instead of loading the same weights again. Each rank decodes its share of the
@@ -222,17 +222,18 @@ def run_stage(req: StageRequest) -> dict:
         engine = ReportEngine(bb)
         cache = req.out.parent / "trajectories"
         shard = dict(rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone)
-        trajs, st = load_or_collect(cache, str(req.from_dir), engine, train, cfg.block_length, cfg.tau,
-                                    cfg.trajectory_topk, cfg.max_response_tokens,
-                                    progress=req.progress and state.is_main_process,
-                                    remasking=cfg.trajectory_remasking,
-                                    tie_ratio=cfg.trajectory_tie_ratio,
-                                    tie_break=cfg.trajectory_tie_break, **shard)
-        vtrajs, _ = load_or_collect(cache, str(req.from_dir), engine, val, cfg.block_length, cfg.tau,
-                                    cfg.trajectory_topk, cfg.max_response_tokens, progress=False,
-                                    remasking=cfg.trajectory_remasking,
-                                    tie_ratio=cfg.trajectory_tie_ratio,
-                                    tie_break=cfg.trajectory_tie_break, **shard)
+        def load(examples, ratio, superset, progress=False):
+            return load_or_collect(cache, str(req.from_dir), engine, examples, cfg.block_length, cfg.tau,
+                                   cfg.trajectory_topk, cfg.max_response_tokens, progress=progress,
+                                   remasking=cfg.trajectory_remasking, tie_ratio=ratio,
+                                   tie_break=cfg.trajectory_tie_break, superset=superset, **shard)
+
+        def ratio_for(e):
+            return cfg.trajectory_tie_ratio_by_language.get(e.language, cfg.trajectory_tie_ratio)
+
+        show = req.progress and state.is_main_process
+        trajs, st = collect_by_tie_ratio(train, ratio_for, lambda ex, r, sup: load(ex, r, sup, progress=show))
+        vtrajs, _ = collect_by_tie_ratio(val, ratio_for, load)
         model.train()
         del engine
         if cfg.grow_layers:  # after the teacher decoded: it keeps its depth, the student starts as it

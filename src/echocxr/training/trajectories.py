@@ -116,6 +116,30 @@ def collect_trajectories(engine: ReportEngine, examples: list, block_length: int
     return out, stats
 
 
+def collect_by_tie_ratio(examples: list, ratio_for: Callable[[object], float],
+                        load: Callable[[list, float, list | None], tuple[dict, dict]]) -> tuple[dict, dict]:
+    """Trajectories where each example's tie ratio is `ratio_for(example)` (e.g. one per language): one
+    `load(group, ratio, superset)` (load_or_collect with that ratio; `superset`, all the examples, lets it reuse
+    a cache of the whole set at that ratio) per distinct ratio, over its examples in order, merged. With one
+    ratio it is one call over all examples, so the cache key is the same as without a per-example ratio."""
+    groups: dict[float, list] = {}
+    for e in examples:
+        groups.setdefault(ratio_for(e), []).append(e)
+    if len(groups) <= 1:
+        return load(examples, next(iter(groups), 0.0), None)
+    trajs: dict = {}
+    stats = {"kept": 0, "dropped_unfinished": 0, "dropped_loop": 0, "cached": True, "path": [], "tie_ratios": {}}
+    for ratio, group in groups.items():
+        part, st = load(group, ratio, examples)
+        trajs.update(part)
+        for k in ("kept", "dropped_unfinished", "dropped_loop"):
+            stats[k] += st.get(k, 0)
+        stats["cached"] = stats["cached"] and bool(st.get("cached"))
+        stats["path"].append(st.get("path"))
+        stats["tie_ratios"][str(ratio)] = len(group)
+    return trajs, stats
+
+
 def trajectory_key(teacher_dir: str, examples: list, block_length: int, tau: float, topk: int,
                    max_new_tokens: int, remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0,
                    tie_break: str = DEFAULT_TIE_BREAK) -> str:
@@ -141,8 +165,11 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
                     tau: float, topk: int = 0, max_new_tokens: int = 512, progress: bool = True,
                     rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
                     remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0,
-                    tie_break: str = DEFAULT_TIE_BREAK):
+                    tie_break: str = DEFAULT_TIE_BREAK, superset: list | None = None):
     """Reuse `cache_dir/<key>.pt` when teacher, data and settings match; else collect and write it atomically.
+    `superset`: examples that include these; a cache of them at the same settings serves these too (their
+    entries are the same decodes), so a per-language ratio reuses caches of the whole set. Its dropped examples
+    count as unfinished there (the cache does not say which were loops).
 
     With `world` processes (every rank calls this, `barrier` synchronises them) each rank decodes every
     world-th example and writes its part; rank 0 joins the parts into the one cache entry in example order,
@@ -158,6 +185,14 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
     if path.is_file():
         data = torch.load(path, weights_only=False)
         return data["trajectories"], {**data["stats"], "cached": True, "path": str(path)}
+    if superset is not None:
+        whole = cache_dir / ("trajectories-" + trajectory_key(teacher_dir, superset, block_length, tau, topk,
+                                                              max_new_tokens, remasking, tie_ratio, tie_break) + ".pt")
+        if whole.is_file():
+            have = torch.load(whole, weights_only=False)["trajectories"]
+            trajs = {e.key: have[e.key] for e in examples if e.key in have}
+            return trajs, {"kept": len(trajs), "dropped_unfinished": len(examples) - len(trajs), "dropped_loop": 0,
+                           "cached": True, "path": str(whole)}
     mine = examples[rank::world]
     trajs, stats = collect_trajectories(engine, mine, block_length, tau, topk, max_new_tokens=max_new_tokens,
                                         progress=progress, remasking=remasking, tie_ratio=tie_ratio,
