@@ -50,8 +50,11 @@ for lang in en zh; do
 done
 # the targets: the trajectory caches the installed student and the variant were trained on
 for run in dcd-b4-tie0.5 "$NAME"; do
-  CACHE=$($P -c 'import json, sys; print(json.load(open(sys.argv[1]))["trajectories"]["path"])' "$RUN/$run/summary.json")
-  (cd scripts && PYTHONPATH=../src $P trajectory_phrasing.py "$CACHE" "$RUN/$run/final" "$DATA") \
-    | sed "s#^{#{\"run\": \"$run\", #" >> "$OUT/analysis.jsonl"
+  # one cache, or one per tie ratio (a ratio per language: each cache holds both languages at its ratio)
+  for CACHE in $($P -c 'import json, sys; p = json.load(open(sys.argv[1]))["trajectories"]["path"]
+print(*(p if isinstance(p, list) else [p]))' "$RUN/$run/summary.json"); do
+    (cd scripts && PYTHONPATH=../src $P trajectory_phrasing.py "$CACHE" "$RUN/$run/final" "$DATA") \
+      | sed "s#^{#{\"run\": \"$run\", #" >> "$OUT/analysis.jsonl"
+  done
 done
 echo "TIE_RATIO=$TIE_RATIO TIE_BREAK=$TIE_BREAK bash scripts/student_variant.sh $RUN $NAME $*" > "$OUT/COMMAND"
