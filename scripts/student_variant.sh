@@ -7,9 +7,10 @@
 # e.g.  bash scripts/student_variant.sh RUN dcd-b4-grow4-tie0.5 --grow-layers 4
 #       TIE_RATIO=0.3 bash scripts/student_variant.sh RUN dcd-b4-tie0.3 --trajectory-tie-ratio 0.3
 #       TIE_BREAK=one_step bash scripts/student_variant.sh RUN dcd-b4-tie0.5-onestep --trajectory-tie-break one_step
+#       TIE_RATIO_en=0.3 bash scripts/student_variant.sh RUN dcd-b4-tie-en0.3 --trajectory-tie-ratio-for en=0.3
 # TIE_RATIO, TIE_BREAK: the tie ratio and tie-break of the teacher the variant's trajectories come from (default
 # 0.5 and lowest_id, the recipe's); its left-to-right decode of the test split is
-# RUN/eval/rad-sequential-tie<R>[-<tie break>]-b4-LANG.
+# RUN/eval/rad-sequential-tie<R>[-<tie break>]-b4-LANG. TIE_RATIO_en / TIE_RATIO_zh set one language's.
 # Resumable: a finished training or evaluation is not run again. Results: benchmarks/results/builtin_model/
 # variants/NAME/. Needs scripts/tie_ratio_student.sh's rows (the installed student and its teacher).
 set -euo pipefail
@@ -29,14 +30,16 @@ stage "$NAME" dcd --from "$RUN/rad-b4/final" --block-length 4 "$@"
 OUT=benchmarks/results/builtin_model/variants/$NAME
 mkdir -p "$OUT"
 cp "$RUN/$NAME/summary.json" "$OUT/train.json"
-teacher=rad-sequential-tie$TIE_RATIO-b4
-[ "$TIE_BREAK" = lowest_id ] || teacher=rad-sequential-tie$TIE_RATIO-$TIE_BREAK-b4
 : > "$OUT/analysis.jsonl"
 for lang in en zh; do
+  ratio_var=TIE_RATIO_$lang
+  ratio=${!ratio_var:-$TIE_RATIO}  # TIE_RATIO_en / TIE_RATIO_zh: a variant with a ratio per language
+  teacher=rad-sequential-tie$ratio-b4
+  [ "$TIE_BREAK" = lowest_id ] || teacher=rad-sequential-tie$ratio-$TIE_BREAK-b4
   d="$RUN/eval/$NAME-onestep-$lang"
   evaluate "$NAME-onestep" "$RUN/$NAME/final" $lang --decoder onestep
   evaluate "$teacher" "$RUN/rad-b4/final" $lang --decoder multistep --steps 4 --remasking sequential \
-    --tie-ratio "$TIE_RATIO" --tie-break "$TIE_BREAK"
+    --tie-ratio "$ratio" --tie-break "$TIE_BREAK"
   installed="$RUN/eval/dcd-tie0.5-onestep-b4-$lang"
   for s in "$d" "$RUN/eval/$teacher-$lang"; do cp "$s/summary.json" "$OUT/summary-$(basename "$s").json"; done
   $E eval --summaries "$RUN/eval/ar-$lang" "$RUN/eval/$teacher-$lang" "$installed" "$d" \
@@ -57,4 +60,4 @@ print(*(p if isinstance(p, list) else [p]))' "$RUN/$run/summary.json"); do
       | sed "s#^{#{\"run\": \"$run\", #" >> "$OUT/analysis.jsonl"
   done
 done
-echo "TIE_RATIO=$TIE_RATIO TIE_BREAK=$TIE_BREAK bash scripts/student_variant.sh $RUN $NAME $*" > "$OUT/COMMAND"
+echo "TIE_RATIO=$TIE_RATIO${TIE_RATIO_en:+ TIE_RATIO_en=$TIE_RATIO_en}${TIE_RATIO_zh:+ TIE_RATIO_zh=$TIE_RATIO_zh} TIE_BREAK=$TIE_BREAK bash scripts/student_variant.sh $RUN $NAME $*" > "$OUT/COMMAND"
