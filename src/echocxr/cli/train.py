@@ -122,9 +122,10 @@ def _ratios_by_language(items: list[str] | None) -> dict[str, float] | None:
     for item in items:
         lang, sep, value = item.partition("=")
         try:
-            out[lang.strip()] = float(value)
+            ratio = float(value)
         except ValueError:
-            sep = ""
-        if not sep or not lang.strip():
+            ratio = None
+        if not sep or not lang.strip() or ratio is None:
             raise UserError(f"--trajectory-tie-ratio-for takes LANG=R (e.g. en=0.3), got {item!r}")
+        out[lang.strip()] = ratio
     return out

@@ -20,7 +20,7 @@ import torch
 
 from echocxr.backbones.loading import Backbone
 from echocxr.backbones.prompt import EncodedPrompt, encode_prompt
-from echocxr.backbones.settings import DECODERS, PREFILL_MODES, TIE_BREAKS
+from echocxr.backbones.settings import DECODERS, DEFAULT_TIE_BREAK, PREFILL_MODES, TIE_BREAKS
 from echocxr.decoding.layout import Canvas, build_canvas
 from echocxr.decoding.results import DecodeEvent, Generation
 from echocxr.decoding.sampling import REMASKING_STRATEGIES, sample_tokens, select_transfer, transfer_schedule
@@ -48,7 +48,7 @@ class DecodeConfig:
     # which near-top token a tie goes to: lowest_id (the same in every context), or one_step: in a multi-step
     # block, the one the block's first forward (all its positions masked, what a one-step decoder sees) ranks
     # highest, so the block's later tokens follow what one forward would have written where the teacher allows
-    tie_break: str = "lowest_id"
+    tie_break: str = DEFAULT_TIE_BREAK
     # one-step with refinement: a block whose every token has confidence above `refine` is kept after its one
     # forward; otherwise the tokens at or below it are masked again and decoded in one more forward, seeing the rest
     refine: float = 0.0

@@ -32,6 +32,7 @@ import torch
 from echocxr.backbones.depth import language_model
 from echocxr.backbones.gqa_attention import GQA_ATTENTION, text_attention
 from echocxr.backbones.prompt import EncodedPrompt
+from echocxr.backbones.settings import DEFAULT_TIE_BREAK
 from echocxr.decoding.engine import DecodeConfig, EventHook, ReportEngine, build_generation
 from echocxr.decoding.layout import Canvas, build_canvas
 from echocxr.decoding.results import DecodeEvent, Generation
@@ -179,8 +180,8 @@ class FastPath:
     def supports(self, cfg: DecodeConfig, prompts: list[EncodedPrompt] | None = None) -> bool:
         if not cfg.use_cache or cfg.refine > 0:  # refinement: the reference engine's data-dependent second pass
             return False
-        if cfg.tie_break != "lowest_id" and cfg.tie_ratio > 0:  # one_step ties read the block's first forward
-            return False
+        if cfg.decoder == "multistep" and cfg.tie_ratio > 0 and cfg.tie_break != DEFAULT_TIE_BREAK:
+            return False  # one_step ties in later rounds read the block's first forward (reference engine)
         if prompts:  # every decode starts from a prefill (the vision inputs go there)
             L = cfg.block_length
             if cfg.decoder == "ar":

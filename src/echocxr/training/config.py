@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from echocxr.backbones.settings import REMASKING_STRATEGIES, TIE_BREAKS
+from echocxr.backbones.settings import DEFAULT_TIE_BREAK, REMASKING_STRATEGIES, TIE_BREAKS
 from echocxr.errors import UserError
 
 # the stages that distil a Base on its own trajectories (DCD and the baselines)
@@ -56,7 +56,7 @@ class TrainConfig:
     # which near-top token a tie goes to (DecodeConfig.tie_break): lowest_id, or one_step: the one the block's
     # all-masked first forward ranks highest, so the target is what a one-step student already writes wherever
     # the teacher allows it (STUDY.md §3f)
-    trajectory_tie_break: str = "lowest_id"
+    trajectory_tie_break: str = DEFAULT_TIE_BREAK
     # soft: the teacher's commit-time distribution (the paper); hard: a one-hot of the token it committed
     # (cross-entropy on the trajectory), which keeps a near-tie choice of phrasing one choice (STUDY.md §3c)
     dcd_target: str = "soft"

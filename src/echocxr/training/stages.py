@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from dataclasses import dataclass
@@ -231,8 +232,8 @@ def run_stage(req: StageRequest) -> dict:
         def ratio_for(e):
             return cfg.trajectory_tie_ratio_by_language.get(e.language, cfg.trajectory_tie_ratio)
 
-        show = req.progress and state.is_main_process
-        trajs, st = collect_by_tie_ratio(train, ratio_for, lambda ex, r, sup: load(ex, r, sup, progress=show))
+        trajs, st = collect_by_tie_ratio(train, ratio_for,
+                                         functools.partial(load, progress=req.progress and state.is_main_process))
         vtrajs, _ = collect_by_tie_ratio(val, ratio_for, load)
         model.train()
         del engine

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from echocxr.backbones.settings import DEFAULT_TIE_BREAK
 from echocxr.decoding.engine import DecodeConfig, ReportEngine
 
 FULL_DISTRIBUTION_MAX_VOCAB = 4096
@@ -47,7 +48,6 @@ def has_repetition_loop(ids: list[int], min_repeats: int = 4, max_ngram: int = 8
 
 
 DEFAULT_REMASKING = "low_confidence_dynamic"
-DEFAULT_TIE_BREAK = "lowest_id"
 
 
 def teacher_config(block_length: int, tau: float, max_new_tokens: int,
@@ -168,7 +168,8 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
                     tie_break: str = DEFAULT_TIE_BREAK, superset: list | None = None):
     """Reuse `cache_dir/<key>.pt` when teacher, data and settings match; else collect and write it atomically.
     `superset`: examples that include these; a cache of them at the same settings serves these too (their
-    entries are the same decodes), so a per-language ratio reuses caches of the whole set. Its dropped examples
+    entries as decoded within the whole set, batched with the others, which a decode of the subset alone need
+    not match at a near-tie), so a per-language ratio reuses caches of the whole set. Its dropped examples
     count as unfinished there (the cache does not say which were loops).
 
     With `world` processes (every rank calls this, `barrier` synchronises them) each rank decodes every
