@@ -61,10 +61,11 @@ source scripts/lib/stages.sh
 
 # 0. the built-in run: vision, AR, RAD and DCD at L=4 and 8, its evaluations and tables
 if [ "$STAGES_PLAN" = 1 ]; then
-  status=todo; [ -f "$RUN/dcd-b8/final/config.json" ] && [ -f "$RUN/eval/table_zh.md" ] && status=done
-  echo "builtin $status $RUN: bash scripts/train_builtin_model.sh $RUN"
+  status=done; [ -f "$RUN/eval/table_zh.md" ] || status=todo
+  for L in $SHIP $LENGTHS; do [ -f "$RUN/dcd-b$L/final/config.json" ] || status=todo; done
+  echo "builtin $status $RUN: SHIP=$SHIP LENGTHS=\"$LENGTHS\" bash scripts/train_builtin_model.sh $RUN"
 else
-  bash scripts/train_builtin_model.sh "$RUN"
+  SHIP=$SHIP LENGTHS="$LENGTHS" bash scripts/train_builtin_model.sh "$RUN"
 fi
 if [ -f "$RUN/ar/summary.json" ]; then  # the phantom set the recipe rendered (the AR run's summary names it)
   DATA=$($PY -c 'import json, os, sys; print(os.path.realpath(json.load(open(sys.argv[1]))["data"]))' "$RUN/ar/summary.json")

@@ -60,8 +60,13 @@ def recipe_text(run: Path, stage_dirs: list[str]) -> str:
             order = c.get("trajectory_remasking", "low_confidence_dynamic")
             order = ("decoded left to right" if order == "sequential"
                      else f"decoded most confident first, tau {c['tau']:g}")
-            if c.get("trajectory_tie_ratio", 0):
-                order += f", near-ties broken canonically at tie ratio {c['trajectory_tie_ratio']:g}"
+            ratios = {**{lang: c.get("trajectory_tie_ratio", 0) for lang, _ in LANGUAGES},
+                      **c.get("trajectory_tie_ratio_by_language", {})}
+            if len(set(ratios.values())) > 1:
+                order += ", near-ties broken canonically at tie ratio " + ", ".join(
+                    f"{ratios[lang]:g} ({name})" for lang, name in LANGUAGES)
+            elif any(ratios.values()):
+                order += f", near-ties broken canonically at tie ratio {next(iter(ratios.values())):g}"
             target = ("hard targets: cross-entropy on the tokens the teacher committed"
                       if c.get("dcd_target", "soft") == "hard" else "soft targets: KL to the teacher's distribution")
             studies = f"{c['max_examples']:,} studies per language" if c["max_examples"] else "every training study"

@@ -106,7 +106,7 @@ def test_listing_plans_every_row_and_runs_nothing(tmp_path):
     run.mkdir()
     lines = _list(run)
     assert not list(run.iterdir())  # nothing made, nothing run
-    assert lines[0] == f"builtin todo {run}: bash scripts/train_builtin_model.sh {run}"
+    assert lines[0] == f'builtin todo {run}: SHIP=4 LENGTHS="4 8" bash scripts/train_builtin_model.sh {run}'
     trains = _trains(lines)
     R = str(run)
     for L, teacher in ((4, "rad-b4"), (8, "rad-b8-continued")):
@@ -214,13 +214,30 @@ def test_builtin_script_runs_its_stages_through_the_shared_helper(fake_repo):
     assert calls[0] == "echocxr train vision --config phantom-builtin --lang en,zh --out runs/x/vision --no-progress"
     assert ("echocxr eval --model runs/x/ar/final --manifest " + env["FAKE_DATA"] + "/test_en.json --max-new-tokens 256 "
             "--gen-batch-size 16 --protocol raw --out runs/x/eval/ar-en --decoder ar") in calls
-    assert sum(c.startswith("echocxr train") for c in calls) == 7
-    assert sum(c.startswith("echocxr eval --model") for c in calls) == 18
+    # by default the shipped block length only: vision, AR, RAD, DCD; 5 rows per language
+    assert [c.split()[2] for c in calls if c.startswith("echocxr train")] == ["vision", "ar", "rad", "dcd"]
+    assert sum(c.startswith("echocxr eval --model") for c in calls) == 10
     log.unlink()
     res = subprocess.run(["bash", "scripts/train_builtin_model.sh", "runs/x"], cwd=repo, env=env, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0 and "stage dcd-b4: done already" in res.stdout
     assert not [c for c in _calls(log) if c.startswith(("echocxr train", "echocxr eval --model"))]
+
+
+def test_builtin_script_also_trains_the_other_block_length_after_the_shipped_one(fake_repo):
+    repo, env, log = fake_repo
+    res = subprocess.run(["bash", "scripts/train_builtin_model.sh", "runs/x"], cwd=repo,
+                         env={**env, "LENGTHS": "8 4"}, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    trains = [c.split()[2] + " " + c.split(" --out ")[1].split()[0] for c in _calls(log) if c.startswith("echocxr train")]
+    assert trains == ["vision runs/x/vision", "ar runs/x/ar", "rad runs/x/rad-b4", "dcd runs/x/dcd-b4",
+                      "rad runs/x/rad-b8", "rad runs/x/rad-b8-continued", "dcd runs/x/dcd-b8"]
+    assert sum(c.startswith("echocxr eval --model") for c in _calls(log)) == 18
+    dcd8 = next(c for c in _calls(log) if "--out runs/x/dcd-b8 " in c)
+    assert dcd8.endswith("--trajectory-tie-ratio 0 --trajectory-tie-ratio-for en=0 --max-examples 4000")
+    res = subprocess.run(["bash", "scripts/train_builtin_model.sh", "runs/y"], cwd=repo,
+                         env={**env, "LENGTHS": "16"}, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "block length 16" in res.stderr
 
 
 TABLES_STUB = """import json, pathlib, sys
