@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from echocxr.backbones.prompt import EncodedPrompt
+from echocxr.backbones.settings import MAX_LOOKAHEAD
 from echocxr.training.baselines import (
     BASELINES,
     CD4LMObjective,
@@ -208,7 +209,10 @@ def test_cd4lm_masks_are_nested_over_the_response():
 
 def test_baselines_are_saved_to_decode_as_their_papers_do():
     assert baseline_decoding("t3d", 8) == {"steps": 4, "remasking": "low_confidence_static", "threshold": 0.85}
-    assert baseline_decoding("dparallel", 8)["remasking"] == "low_entropy_dynamic"
+    assert baseline_decoding("dparallel", 8) == {"steps": 8, "remasking": "low_entropy_dynamic", "threshold": 0.5}
+    # d3LLM also decodes several blocks at once (its multi-block decoding): no cap, next block at 10% committed
+    assert baseline_decoding("d3llm", 8) == {"steps": 8, "remasking": "low_entropy_dynamic", "threshold": 0.5,
+                                             "lookahead": MAX_LOOKAHEAD, "lookahead_threshold": 0.1}
     assert baseline_decoding("cd4lm", 4) == {"steps": 4, "remasking": "low_confidence_dynamic", "threshold": 0.95}
     with pytest.raises(ValueError):
         baseline_decoding("dcd", 4)

@@ -63,10 +63,12 @@ def test_settings_round_trip_and_bad_fields_are_one_line_errors(tmp_path):
 
 
 def test_multistep_defaults_of_one_step_and_multistep_models():
+    off = {"lookahead": 0, "lookahead_threshold": 0.1}
     assert ModelSettings(steps=1).multistep_defaults(8) == {
-        "steps": 8, "remasking": "low_confidence_dynamic", "threshold": 0.9}
+        "steps": 8, "remasking": "low_confidence_dynamic", "threshold": 0.9, **off}
     assert ModelSettings(steps=3, remasking="sequential", threshold=0.7).multistep_defaults(8) == {
-        "steps": 3, "remasking": "sequential", "threshold": 0.7}
+        "steps": 3, "remasking": "sequential", "threshold": 0.7, **off}
+    assert ModelSettings(steps=8, remasking="low_entropy_dynamic", lookahead=2).multistep_defaults(8)["lookahead"] == 2
     assert ModelSettings(steps=6).multistep_defaults(4)["steps"] == 4
 
 

@@ -28,6 +28,14 @@ PHANTOM_DOMAIN = "cxr-phantom"
 # whenever the model is confident, as the paper's teacher decodes
 MULTISTEP_FALLBACK_REMASKING = "low_confidence_dynamic"
 MULTISTEP_FALLBACK_THRESHOLD = 0.9
+# d3LLM's multi-block (look-ahead) decoding (decoding.engine.ReportEngine._decode_blocks_lookahead): up to
+# `lookahead` blocks after the current one are decoded in the same forward; the next one joins once the last
+# open block has at least `lookahead_threshold` of its positions committed (d3LLM's `block_add_threshold`,
+# 0.1 in its released LLaDA and Dream settings). d3LLM's code has no cap on the number of open blocks: its
+# baseline here gets MAX_LOOKAHEAD, more blocks than a report's canvas holds ahead of the current one.
+MAX_LOOKAHEAD = 64
+DEFAULT_LOOKAHEAD_THRESHOLD = 0.1
+LOOKAHEAD_REMASKING = ("low_confidence_dynamic", "low_entropy_dynamic")  # a look-ahead block commits by threshold
 
 
 @dataclass
@@ -43,6 +51,8 @@ class ModelSettings:
     languages: list[str] = field(default_factory=list)  # report languages it was trained for; empty = any
     decoders: list[str] = field(default_factory=list)  # decoders it was trained for; empty = any
     domain: str = ""  # "cxr-phantom": trained on CXR-Phantom images only; "" = any chest X-ray
+    lookahead: int = 0  # multistep: extra blocks decoded in the same forward (d3LLM's multi-block decoding)
+    lookahead_threshold: float = DEFAULT_LOOKAHEAD_THRESHOLD  # share of a block committed before the next joins
 
     def validate(self) -> ModelSettings:
         if self.prefill not in PREFILL_MODES:
@@ -62,22 +72,29 @@ class ModelSettings:
             raise UserError(f"decoders must be among {DECODERS}, got {bad[0]!r}")
         if self.domain not in DOMAINS:
             raise UserError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
+        if (not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool)
+                or not 0 <= self.lookahead <= MAX_LOOKAHEAD):
+            raise UserError(f"lookahead must be an integer in 0..{MAX_LOOKAHEAD}, got {self.lookahead!r}")
+        if (not isinstance(self.lookahead_threshold, (int, float)) or isinstance(self.lookahead_threshold, bool)
+                or not 0.0 <= self.lookahead_threshold <= 1.0):
+            raise UserError(f"lookahead_threshold must be a number in [0, 1], got {self.lookahead_threshold!r}")
         return self
 
     def save(self, model_dir: str | Path) -> None:
         (Path(model_dir) / SETTINGS_FILE).write_text(json.dumps(asdict(self), indent=1))
 
     def multistep_defaults(self, block_length: int) -> dict:
-        """steps/remasking/threshold for multistep when the caller set none of them.
+        """steps/remasking/threshold (and look-ahead) for multistep when the caller set none of them.
 
         A one-step model's own `steps: 1` would make multistep a one-step decode under another name, so
         such a model gets L steps with dynamic low-confidence remasking instead.
         """
+        ahead = {"lookahead": self.lookahead, "lookahead_threshold": self.lookahead_threshold}
         if self.steps > 1:
             return {"steps": min(self.steps, block_length), "remasking": self.remasking,
-                    "threshold": self.threshold}
+                    "threshold": self.threshold, **ahead}
         return {"steps": block_length, "remasking": MULTISTEP_FALLBACK_REMASKING,
-                "threshold": MULTISTEP_FALLBACK_THRESHOLD}
+                "threshold": MULTISTEP_FALLBACK_THRESHOLD, **ahead}
 
     def decoder_warning(self, decoder: str) -> str | None:
         """One line when `decoder` is not one this model was trained for (None when it is, or unknown)."""

@@ -33,6 +33,13 @@ def add_decode_arguments(p: argparse.ArgumentParser, model_args: bool = True) ->
     g.add_argument("--refine", type=float, default=0.0, metavar="T",
                    help="one-step: a block with any token at or below confidence T gets one more forward over "
                         "those tokens, seeing the rest (default 0: never; costs tokens per forward)")
+    g.add_argument("--lookahead", type=int, metavar="N",
+                   help="multistep: d3LLM's multi-block decoding, up to N blocks after the current one denoised "
+                        "in the same forward, committing only tokens past --threshold (default: the model's, "
+                        "usually 0: off)")
+    g.add_argument("--lookahead-threshold", type=float, metavar="T",
+                   help="with --lookahead: the next block joins once the last open one has this share of its "
+                        "tokens committed (d3LLM's block_add_threshold; default: the model's, 0.1)")
     g.add_argument("--tie-ratio", type=float, default=0.0,
                    help="greedy tie-break: of the tokens at least this share of the top one's probability, "
                         "take the lowest id, the same choice in every context (default 0: plain argmax)")

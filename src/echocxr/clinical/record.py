@@ -41,6 +41,9 @@ def describe_decoder(cfg: Any) -> str:
     parts = [str(cfg.decoder)]
     if cfg.decoder == "multistep":
         parts.append(f"{cfg.steps} steps, {cfg.remasking}")
+        if getattr(cfg, "lookahead", 0) > 0:
+            parts.append(f"look-ahead up to {cfg.lookahead} blocks (joining at {cfg.lookahead_threshold:g} "
+                         "committed)")
     if cfg.decoder != "ar":
         parts.append(f"block length {cfg.block_length}")
     if getattr(cfg, "refine", 0) > 0:

@@ -20,7 +20,15 @@ import torch
 
 from echocxr.backbones.loading import Backbone
 from echocxr.backbones.prompt import EncodedPrompt, encode_prompt
-from echocxr.backbones.settings import DECODERS, DEFAULT_TIE_BREAK, PREFILL_MODES, TIE_BREAKS
+from echocxr.backbones.settings import (
+    DECODERS,
+    DEFAULT_LOOKAHEAD_THRESHOLD,
+    DEFAULT_TIE_BREAK,
+    LOOKAHEAD_REMASKING,
+    MAX_LOOKAHEAD,
+    PREFILL_MODES,
+    TIE_BREAKS,
+)
 from echocxr.decoding.layout import Canvas, build_canvas
 from echocxr.decoding.results import DecodeEvent, Generation
 from echocxr.decoding.sampling import REMASKING_STRATEGIES, sample_tokens, select_transfer, transfer_schedule
@@ -52,6 +60,11 @@ class DecodeConfig:
     # one-step with refinement: a block whose every token has confidence above `refine` is kept after its one
     # forward; otherwise the tokens at or below it are masked again and decoded in one more forward, seeing the rest
     refine: float = 0.0
+    # multistep with d3LLM's look-ahead (multi-block) decoding: up to `lookahead` blocks after the current one
+    # are denoised in the same forward, the next joining once the last open block has `lookahead_threshold` of
+    # its positions committed; a look-ahead block commits only what passes `threshold` (0: plain multistep)
+    lookahead: int = 0
+    lookahead_threshold: float = DEFAULT_LOOKAHEAD_THRESHOLD
     prefill: str = "block_grid"  # block_grid (official) | response_aligned
     fused: bool = True  # one-step only: fused block KV cache
     use_cache: bool = True  # False: recompute everything each forward (reference path)
@@ -81,6 +94,19 @@ class DecodeConfig:
             raise UserError(f"refine threshold must be in [0, 1], got {self.refine}")
         if self.refine > 0 and self.decoder != "onestep":
             raise UserError(f"--refine applies to the one-step decoder, not {self.decoder}")
+        if (not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool)
+                or not 0 <= self.lookahead <= MAX_LOOKAHEAD):
+            raise UserError(f"lookahead must be a whole number of blocks in 0..{MAX_LOOKAHEAD}, got {self.lookahead!r}")
+        if not 0.0 <= self.lookahead_threshold <= 1.0:
+            raise UserError(f"lookahead threshold must be in [0, 1], got {self.lookahead_threshold}")
+        if self.lookahead > 0:
+            if self.decoder != "multistep":
+                raise UserError(f"--lookahead applies to the multistep decoder, not {self.decoder}")
+            if self.remasking not in LOOKAHEAD_REMASKING:
+                raise UserError(f"--lookahead needs a threshold remasking ({' or '.join(LOOKAHEAD_REMASKING)}), "
+                                f"not {self.remasking}")
+            if self.tie_ratio > 0 and self.tie_break == "one_step":
+                raise UserError("--tie-break one_step does not combine with --lookahead")
         if not 0.0 <= self.tie_ratio < 1.0:
             raise UserError(f"tie ratio must be in [0, 1), got {self.tie_ratio}")
         if self.tie_ratio > 0 and self.temperature > 0:
@@ -174,7 +200,10 @@ class ReportEngine:
         if cfg.decoder != "multistep":
             return cfg
         fill = self.bb.settings.multistep_defaults(cfg.block_length)
-        return replace(cfg, **{k: v for k, v in fill.items() if k not in given})
+        cfg = replace(cfg, **{k: v for k, v in fill.items() if k not in given})
+        if "lookahead" not in given and cfg.lookahead and not lookahead_fits(cfg):
+            cfg = replace(cfg, lookahead=0)  # the model's look-ahead, but the caller chose a rule it cannot go with
+        return cfg
 
     def encode(self, images, lang: str = "en", instruction: str | None = None) -> EncodedPrompt:
         """A prompt for this model: views resized to its training size, with warnings about the request."""
@@ -222,6 +251,8 @@ class ReportEngine:
         finish = _Finisher(self, batch, cfg, results, prefill_s, t_decode, on_event, is_cancelled)
         if cfg.decoder == "ar":
             self._decode_ar(batch, cfg, gen, finish, on_event)
+        elif cfg.lookahead > 0:
+            self._decode_blocks_lookahead(batch, cfg, gen, finish, on_event)
         else:
             self._decode_blocks(batch, cfg, gen, finish, on_event)
         return _batched([r for r in results if r is not None])  # every sample ends by eos, length or cancel
@@ -292,11 +323,105 @@ class ReportEngine:
             if cfg.use_cache and not fused and len(batch) and n + 1 < batch.n_blocks:
                 self._forward(batch, b0, b1, keep=0)  # vanilla cache: write the finished block
 
+    def _decode_blocks_lookahead(self, batch: _Batch, cfg: DecodeConfig, gen, finish: _Finisher, on_event) -> None:
+        """Multistep with d3LLM's multi-block decoding (its `generate_multi_block[_kv_cache]`), batched.
+
+        Per row, a window of blocks: the current block n (the first one still masked) and up to `lookahead`
+        blocks after it. Before each forward a row opens one more block (at most one a forward, as d3LLM adds
+        them) when the last block of its window has at least `lookahead_threshold` of its generated positions
+        committed (d3LLM's `block_add_threshold`), holds no committed <eos> (d3LLM adds no block once it has
+        seen one) and lies within the row's max_new_tokens. One forward feeds the whole window, block-causal
+        as always, so a look-ahead block sees the blocks before it with their masks while the current block
+        sees nothing after it; in it the current block commits as plain multistep does (at least the round's
+        `k`, every position past `threshold`) and each open look-ahead block commits only the positions past
+        `threshold` (no minimum). When the current block is full it is final: the window moves on by one block,
+        the first look-ahead block becoming current with what it has committed. The forward counts once per
+        row, however many blocks it commits in.
+
+        Rows advance in lock-step by window as `_decode_blocks` does: a row whose current block is full sits
+        out the window's remaining forwards (none counted, its look-ahead blocks untouched), so each row
+        decodes exactly as it would alone. Stops are today's: the window's block is checked for <eos> and
+        length when it is final, tokens committed ahead of an <eos> are cut by build_generation. With the KV
+        cache, denoising forwards keep no KV (the fed window is cropped off) and a final block's KV is written
+        by one more forward, as the vanilla cache does.
+
+        Simplifications against d3LLM's code (exact for its released settings at block lengths below 20):
+        a block becomes "fully activated" (committing its round's `k` at least) when the block before it is
+        full, where d3LLM's `decoded_token_threshold` (0.95) lets it when the block before is 95% committed;
+        the window is capped at `lookahead` blocks (d3LLM has no cap); its LLaDA code also commits the
+        window's single lowest-entropy position each forward even where that is in a look-ahead block; and the
+        positions after a committed <eos> are decoded as plain multistep decodes them where d3LLM fills them
+        with <eos> for free. d3LLM's delayed KV caching (`cache_delay_iter`, `refresh_interval`) exists because
+        its models attend bidirectionally; under block-causal attention a final block's KV never changes.
+        """
+        L, N = cfg.block_length, cfg.lookahead
+        schedule = transfer_schedule(L, cfg.steps_per_block)
+        mask_id = self.bb.mask_token_id
+        ahead = torch.zeros(len(batch), dtype=torch.long, device=self.device)  # look-ahead blocks open per row
+        for n in range(batch.n_blocks):
+            if not len(batch):
+                return
+            b0, b1 = batch.C + n * L, batch.C + (n + 1) * L
+            room = min(N, batch.n_blocks - 1 - n)  # look-ahead blocks the canvas still has
+            ahead = (ahead - 1).clamp(0, room)  # block n+1, if open, is now the current block
+            for step, k in enumerate(schedule):
+                window = batch.tokens[:, b0:b0 + (1 + room) * L]
+                masked = window == mask_id
+                active = masked[:, :L].any(dim=1)
+                if not bool(active.any()):
+                    break
+                ahead = ahead + (active & self._opens_block(batch, window, masked, ahead, room, b0, cfg)).long()
+                width = (1 + int(ahead[active].max())) * L
+                logits = self._step_logits(batch, b0, b0 + width, cfg, denoise=True, width=width)
+                commit = torch.zeros_like(masked[:, :width])
+                x0 = torch.empty_like(commit, dtype=torch.long)
+                conf = torch.zeros(commit.shape, dtype=torch.float32, device=self.device)
+                for j in range(width // L):  # block by block: one block's distributions in memory at a time
+                    s = slice(j * L, (j + 1) * L)
+                    x0[:, s], conf[:, s], probs = sample_tokens(logits[:, s], cfg.temperature, cfg.top_k, cfg.top_p,
+                                                                gen, cfg.tie_ratio)
+                    commit[:, s] = select_transfer(masked[:, s], conf[:, s], k if j == 0 else 0, cfg.remasking,
+                                                   cfg.threshold, probs)
+                    if j > 0:
+                        commit[:, s] &= (ahead >= j)[:, None]
+                commit &= active[:, None]
+                batch.tokens[:, b0:b0 + width] = torch.where(commit, x0, window[:, :width])
+                batch.conf[:, b0:b0 + width] = torch.where(commit, conf, batch.conf[:, b0:b0 + width])
+                batch.forwards += active.long()
+                if on_event is not None:
+                    self._emit_lookahead_steps(batch, on_event, n, step, commit, active, ahead, b0, logits, cfg)
+            rows = batch.index
+            finish.after_step(b0, b1)
+            if len(batch) < len(rows):
+                ahead = ahead[torch.isin(rows, batch.index)]  # the rows finish kept, in order
+            if cfg.use_cache and len(batch) and n + 1 < batch.n_blocks:
+                self._forward(batch, b0, b1, keep=0)  # vanilla cache: write the final block
+
+    def _opens_block(self, batch: _Batch, window: torch.Tensor, masked: torch.Tensor, ahead: torch.Tensor,
+                     room: int, b0: int, cfg: DecodeConfig) -> torch.Tensor:
+        """Rows whose window takes one more block before this forward (the rule of _decode_blocks_lookahead):
+        the last open block's share of committed generated positions is at least `lookahead_threshold`, no
+        committed <eos> in the window, room on the canvas and under the row's max_new_tokens."""
+        L = cfg.block_length
+        B, width = window.shape
+        cols = b0 + torch.arange(width, device=self.device)
+        generated = cols[None, :] >= batch.response_start[:, None]
+        last = ahead[:, None]
+        gen_n = generated.view(B, -1, L).sum(-1).gather(1, last)[:, 0]
+        done_n = (generated & ~masked).view(B, -1, L).sum(-1).gather(1, last)[:, 0]
+        share = done_n.double() / gen_n.clamp_min(1).double()
+        in_window = torch.arange(width, device=self.device)[None, :] < (ahead[:, None] + 1) * L
+        eos = (torch.isin(window, self.eos) & generated & ~masked & in_window).any(dim=1)
+        next_start = b0 + (ahead + 1) * L
+        return ((share >= cfg.lookahead_threshold) & ~eos & (ahead < room)
+                & (next_start - batch.response_start < cfg.max_new_tokens))
+
     # ---- model calls ------------------------------------------------------------------------------
-    def _step_logits(self, batch: _Batch, q0: int, q1: int, cfg: DecodeConfig, denoise: bool = False) -> torch.Tensor:
-        """Logits for the last `n` fed columns, n = block length (denoise) or 1 (AR), with the tokens that
-        are never emitted (mask, vision placeholders) ruled out."""
-        n = cfg.block_length if denoise else 1
+    def _step_logits(self, batch: _Batch, q0: int, q1: int, cfg: DecodeConfig, denoise: bool = False,
+                     width: int | None = None) -> torch.Tensor:
+        """Logits for the last `n` fed columns, n = `width` when given, else block length (denoise) or 1 (AR),
+        with the tokens that are never emitted (mask, vision placeholders) ruled out."""
+        n = width if width is not None else (cfg.block_length if denoise else 1)
         if not cfg.use_cache:
             logits = self._forward(batch, 0, q1, keep=n, vision=True, use_cache=False)
         else:
@@ -340,6 +465,28 @@ class ReportEngine:
                 "step", int(batch.index[r]), n, step, cur[r].tolist(), commit[r].tolist(),
                 b0 - int(batch.response_start[r]),
                 logits[r].float().cpu() if cfg.record_logits else None, confidences=cur_conf[r].tolist()))
+
+    def _emit_lookahead_steps(self, batch, on_event, n, step, commit, active, ahead, b0, logits, cfg) -> None:
+        """A step event per active row for its current block, as _emit_steps; its open look-ahead blocks ride in
+        `extra["lookahead"]` (block, response_offset, tokens, committed, confidences, logits when recorded), so
+        consumers that follow blocks in order (streaming, trajectories) see the current block only."""
+        L = cfg.block_length
+        for r in range(len(batch)):
+            if not bool(active[r]):
+                continue
+            rs = int(batch.response_start[r])
+            blocks = []
+            for j in range(int(ahead[r]) + 1):
+                c0 = b0 + j * L
+                blocks.append({
+                    "block": n + j, "response_offset": c0 - rs, "tokens": batch.tokens[r, c0:c0 + L].tolist(),
+                    "committed": commit[r, j * L:(j + 1) * L].tolist(),
+                    "confidences": batch.conf[r, c0:c0 + L].tolist(),
+                    "logits": logits[r, j * L:(j + 1) * L].float().cpu() if cfg.record_logits else None})
+            cur = blocks[0]
+            on_event(DecodeEvent("step", int(batch.index[r]), n, step, cur["tokens"], cur["committed"],
+                                 cur["response_offset"], cur["logits"], extra={"lookahead": blocks[1:]},
+                                 confidences=cur["confidences"]))
 
     def _now(self) -> float:
         if self.device.type == "cuda":
@@ -385,6 +532,12 @@ class _Finisher:
         if self.on_event is not None:
             self.on_event(DecodeEvent("done", int(b.index[r]), -1, -1, [], [], generation=gen))
         return gen
+
+
+def lookahead_fits(cfg: DecodeConfig) -> bool:
+    """Whether look-ahead decoding goes with the rest of `cfg` (what DecodeConfig.validate asks of it)."""
+    return (cfg.decoder == "multistep" and cfg.remasking in LOOKAHEAD_REMASKING
+            and not (cfg.tie_ratio > 0 and cfg.tie_break == "one_step"))
 
 
 def _batched(results: list[Generation]) -> list[Generation]:

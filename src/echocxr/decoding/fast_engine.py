@@ -180,6 +180,8 @@ class FastPath:
     def supports(self, cfg: DecodeConfig, prompts: list[EncodedPrompt] | None = None) -> bool:
         if not cfg.use_cache or cfg.refine > 0:  # refinement: the reference engine's data-dependent second pass
             return False
+        if cfg.lookahead > 0:  # look-ahead windows change width forward by forward: the reference engine
+            return False
         if cfg.decoder == "multistep" and cfg.tie_ratio > 0 and cfg.tie_break != DEFAULT_TIE_BREAK:
             return False  # one_step ties in later rounds read the block's first forward (reference engine)
         if prompts:  # every decode starts from a prefill (the vision inputs go there)

@@ -119,6 +119,8 @@ class ReportService:
         if overrides.get("max_new_tokens") is not None and not 1 <= overrides["max_new_tokens"] <= limit:
             raise ApiError(400, f"max_new_tokens must be in 1..{limit} (the server's limit)")
         cfg = replace(self.base, **overrides)
+        if cfg.decoder != "multistep" and cfg.lookahead:  # the request left multistep: look-ahead is multistep's
+            cfg = replace(cfg, lookahead=0)
         if cfg.decoder == "multistep" and self.base.decoder != "multistep":  # the request chose multistep
             cfg = self.engine.with_multistep_defaults(cfg, overrides)
         elif "steps" not in overrides and cfg.decoder == "multistep":

@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from echocxr.backbones.settings import DEFAULT_LOOKAHEAD_THRESHOLD, MAX_LOOKAHEAD
 from echocxr.diffusion.losses import token_ce
 from echocxr.diffusion.noise import example_generator, step_generator
 from echocxr.diffusion.sequences import SequenceBatch, pad_to_blocks
@@ -589,12 +590,16 @@ class T3DObjective(_StepAware, _FrozenModel, TrajectoryObjective):
 
 def baseline_decoding(stage: str, block_length: int) -> dict:
     """steps / remasking / threshold of a baseline as its paper decodes it (the ECHO paper's TPF at L=8 in
-    brackets): dParallel and d3LLM by entropy, bound 0.5 (their LLaDA settings) [4.42, 3.84; d3LLM's multi-block
-    look-ahead is not implemented here]; CD4LM by confidence, threshold 0.95 (its code) [3.61]; T3D with a
-    static split of L/2 steps, two tokens per forward [2.00]."""
+    brackets): dParallel and d3LLM by entropy, bound 0.5 (their LLaDA settings) [4.42, 3.84]; d3LLM also with
+    its multi-block look-ahead (its `generate_multi_block_kv_cache`: the next block joins once the last open one
+    is `block_add_threshold` = 0.1 committed, no cap on open blocks: MAX_LOOKAHEAD here); CD4LM by confidence,
+    threshold 0.95 (its code) [3.61]; T3D with a static split of L/2 steps, two tokens per forward [2.00]."""
     L = block_length
-    if stage in ("dparallel", "d3llm"):
+    if stage == "dparallel":
         return {"steps": L, "remasking": "low_entropy_dynamic", "threshold": 0.5}
+    if stage == "d3llm":
+        return {"steps": L, "remasking": "low_entropy_dynamic", "threshold": 0.5, "lookahead": MAX_LOOKAHEAD,
+                "lookahead_threshold": DEFAULT_LOOKAHEAD_THRESHOLD}
     if stage == "cd4lm":
         return {"steps": L, "remasking": "low_confidence_dynamic", "threshold": 0.95}
     if stage == "t3d":
