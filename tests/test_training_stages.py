@@ -209,3 +209,23 @@ def test_dcd_student_grows_after_the_teacher_decoded(tmp_path, rad_run, overfit_
     assert len(losses(out)) == 6
     with pytest.raises(UserError, match="grow_layers"):
         stage("rad", tmp_path / "rad", overfit_data, from_dir=rad_run / "final", max_steps=1, grow_layers=1)
+
+
+def test_dcd_label_term_trains_and_resumes_and_other_stages_refuse_it(tmp_path, rad_run, overfit_data,
+                                                                      fake_teacher):
+    from echocxr.errors import UserError
+
+    out = tmp_path / "dcd-label"
+    stage("dcd", out, overfit_data, from_dir=rad_run / "final", max_steps=4, lr=5e-3, label_weight=1.0,
+          save_every=2)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 4 and all(r["label_bce"] > 0 for r in logged)
+    # the head's state is in the checkpoint: the run resumes
+    cfg = load_config("dcd", None, **{**TINY, "max_steps": 6, "lr": 5e-3, "label_weight": 1.0, "save_every": 2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_stage(StageRequest(stage="dcd", cfg=cfg, out=out, from_dir=rad_run / "final", data_dir=overfit_data,
+                               resume=True, progress=False))
+    assert len(losses(out)) == 6
+    with pytest.raises(UserError, match="label_weight is a term of the ar and dcd stages"):
+        stage("rad", tmp_path / "rad", overfit_data, from_dir=rad_run / "final", max_steps=1, label_weight=1.0)

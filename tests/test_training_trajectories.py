@@ -427,6 +427,58 @@ def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):
     assert torch.isfinite(rkl) and float(rkl) != pytest.approx(by_hand(True, 1.0), rel=1e-3)
 
 
+def test_dcd_label_term_by_hand(tiny_text_dir):
+    """DCD + label term = plain DCD + w * BCE of each example's labels read linearly from the state of every
+    slot of its one-step blocks (block n all masked after the teacher's blocks < n), averaged over labels, then
+    the example's slots, then the batch; a run with label_weight on a stage without the term is refused."""
+    from echocxr.diffusion.masks import additive_mask, canvas_groups
+    from echocxr.training.config import TrainConfig
+    from echocxr.training.objectives import DCDObjective, PromptPositions, TokenIds
+    from echocxr.training.trajectories import Trajectory
+    from echocxr.training.vision import StateLabelHead
+
+    bb = load_backbone(tiny_text_dir, dtype="float32")
+    tok, mask = bb.tokenizer, bb.mask_token_id
+    V = bb.model.get_output_embeddings().weight.shape[0]
+    g = torch.Generator().manual_seed(1)
+    examples, trajs = [], {}
+    for i, (R, labels) in enumerate([(8, ("b",)), (12, ("a", "b"))]):
+        e = TrainExample(prompt=engine_prompt(tok, f"Report {i}."), response_ids=[], sample_id=f"x{i}",
+                         labels=labels)
+        toks = torch.randint(20, 300, (R,), generator=g).tolist()
+        trajs[e.key] = Trajectory(e.sample_id, toks, torch.arange(V).expand(R, -1),
+                                  torch.softmax(torch.randn(R, V, generator=g), -1).half(),
+                                  torch.randint(1, L + 1, (R,), generator=g))
+        examples.append(e)
+    ids = TokenIds(pad=tok.pad_token_id, mask=mask, eos=tok.eos_token_id)
+    torch.manual_seed(0)
+    head = StateLabelHead(bb.model.config.hidden_size, ("a", "b"))
+    cfg = TrainConfig(block_length=L, dcd_target="hard", label_weight=0.5)
+    with torch.no_grad():
+        plain, _ = DCDObjective(PromptPositions(bb.model, False), ids, False, cfg, trajs)(bb.model, examples, [0, 1], 0)
+        total, mets = DCDObjective(PromptPositions(bb.model, False), ids, False, cfg, trajs, head)(
+            bb.model, examples, [0, 1], 0)
+        per = []
+        for e, y in zip(examples, ([0.0, 1.0], [1.0, 1.0]), strict=True):
+            t, P = trajs[e.key], e.prompt.length
+            states = []
+            for n in range(len(t.tokens) // L):
+                seq = torch.cat([e.prompt.input_ids, torch.tensor(t.tokens[:n * L] + [mask] * L)])
+                grp = canvas_groups(len(seq), P, L, P)
+                m = additive_mask((grp[None, :] <= grp[:, None])[None, None], torch.float32)
+                out = bb.model(input_ids=seq[None], attention_mask=m, position_ids=torch.arange(len(seq))[None],
+                               output_hidden_states=True)
+                states.append(out.hidden_states[-1][0, -L:])
+            z = head.linear(torch.cat(states))
+            target = torch.tensor(y).expand_as(z)
+            bce = -(target * torch.log(torch.sigmoid(z)) + (1 - target) * torch.log(1 - torch.sigmoid(z)))
+            per.append(bce.mean(-1).mean())
+        label = float(torch.stack(per).mean())
+    assert mets["label_bce"] == pytest.approx(label, rel=1e-4)
+    assert float(total) == pytest.approx(float(plain) + 0.5 * label, rel=1e-4, abs=1e-5)
+    assert label > 0.1  # an untrained head: the term is not vanishing
+
+
 def engine_prompt(tok, instruction: str):
     from echocxr.backbones.prompt import encode_prompt
 

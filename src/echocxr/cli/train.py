@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--t3d-form", choices=["ddo", "dpo"],
                    help="T3D: ddo (its code, the default) or dpo (per-block DPO, as the ECHO paper describes it)")
     p.add_argument("--label-weight", type=float,
-                   help="AR: weight of the finding-label BCE on the language model's states (0 = off)")
+                   help="AR, DCD: weight of the finding-label BCE on the language model's states (DCD: at the masked slots; 0 = off)")
     p.add_argument("--seed", type=int)
     p.add_argument("--save-every", type=int, help="optimizer steps between checkpoints (0: the final one only; "
                    "default: the config's)")

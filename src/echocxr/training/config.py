@@ -37,7 +37,7 @@ class TrainConfig:
     max_response_tokens: int = 512
     max_examples: int = 0  # per language: the first N training studies only (0 = all); DCD's teacher decodes each
     freeze_vision: bool = True  # paper: vision encoder and projector frozen after AR
-    label_weight: float = 0.0  # AR: weight of the finding-label BCE on the LM's hidden states (0 = off)
+    label_weight: float = 0.0  # AR, DCD: weight of the finding-label BCE on the LM's hidden states (0 = off)
     # diffusion
     block_length: int = 4
     layout: str = "rad"  # rad | full (prior work's whole-sequence duplication)

@@ -91,17 +91,23 @@ class ARObjective:
         if self.label_head is None:
             logits = slot_logits(model, batch, self.is_vision)
             return ar_loss(logits, batch.targets.to(logits.device)), {}
-        from echocxr.training.vision import label_targets
-
         logits, hidden = slot_logits(model, batch, self.is_vision, with_hidden=True)
         targets = batch.targets.to(logits.device)
         ce = ar_loss(logits, targets)
-        y = label_targets(examples, self.label_head.labels).to(logits.device)
-        bce = torch.nn.functional.binary_cross_entropy_with_logits(
-            self.label_head(hidden), y[:, None].expand(-1, hidden.shape[1], -1), reduction="none").mean(-1)
-        valid = (targets >= 0).float()
-        bce = ((bce * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
+        bce = label_bce(self.label_head, hidden, examples, targets >= 0)
         return ce + self.label_weight * bce, {"label_bce": float(bce.detach())}
+
+
+def label_bce(head: torch.nn.Module, hidden: torch.Tensor, examples, valid: torch.Tensor) -> torch.Tensor:
+    """The label term: BCE of each example's finding labels read by `head` from every `valid` position's
+    hidden state (B, R, H), averaged over an example's positions, then over the batch."""
+    from echocxr.training.vision import label_targets
+
+    y = label_targets(examples, head.labels).to(hidden.device)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        head(hidden), y[:, None].expand(-1, hidden.shape[1], -1), reduction="none").mean(-1)
+    valid = valid.float()
+    return ((bce * valid).sum(1) / valid.sum(1).clamp(min=1)).mean()
 
 
 class RADObjective:
@@ -158,13 +164,25 @@ class TrajectoryObjective:
 
 
 class DCDObjective(TrajectoryObjective):
-    """One-step alignment to the teacher's on-policy trajectory (ECHO-SPEC §4, phase 2)."""
+    """One-step alignment to the teacher's on-policy trajectory (ECHO-SPEC §4, phase 2). With a `label_head`
+    (training only) also AR's label term at the masked slots, weighted `label_weight`: a one-step block commits
+    all its tokens from states that have seen none of them, so each must carry the image's findings itself."""
+
+    def __init__(self, positions: PromptPositions, ids: TokenIds, is_vision: bool, cfg: TrainConfig,
+                 trajectories: Mapping[str, Trajectory], label_head: torch.nn.Module | None = None):
+        super().__init__(positions, ids, is_vision, cfg, trajectories)
+        self.label_head = label_head
 
     def __call__(self, model, examples, indices, epoch):
         trajs = self.trajectories(examples)
         clean = [t.tokens for t in trajs]
         batch = self.batch([e.prompt for e in examples], clean, [[True] * len(c) for c in clean])
-        logits, targets, _ = self.logits(model, batch)
+        hidden = None
+        if self.label_head is None:
+            logits, targets, _ = self.logits(model, batch)
+        else:
+            logits, hidden = slot_logits(model, batch, self.is_vision, with_hidden=True)
+            targets = batch.targets.to(logits.device)
         B, R = targets.shape
         hard = self.cfg.dcd_target == "hard"
         K = 1 if hard else max(t.index.shape[1] for t in trajs)
@@ -185,5 +203,10 @@ class DCDObjective(TrajectoryObjective):
             weight[b, :n] = steps / steps.mean() if self.cfg.sw else 1.0
             valid[b, :n] = True
         eos_mask = torch.isin(targets, torch.tensor(self.ids.stop_ids, device=targets.device))
-        return dcd_loss(logits, t_index, t_probs, weight, valid, eos_mask, targets,
-                        eos_ce=self.cfg.eos_ce, reverse=self.cfg.rkl)
+        loss, metrics = dcd_loss(logits, t_index, t_probs, weight, valid, eos_mask, targets,
+                                 eos_ce=self.cfg.eos_ce, reverse=self.cfg.rkl)
+        if hidden is not None:
+            bce = label_bce(self.label_head, hidden, examples, valid)
+            loss = loss + self.cfg.label_weight * bce
+            metrics["label_bce"] = float(bce.detach())
+        return loss, metrics

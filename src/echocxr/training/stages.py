@@ -190,6 +190,8 @@ def run_stage(req: StageRequest) -> dict:
                    mask=bb.mask_token_id, eos=tok.eos_token_id, stops=tuple(bb.eos_token_ids))
     extra: dict = {"data": str(data), "train_examples": len(train), "skipped": tstats.skipped}
     aux = None
+    if cfg.label_weight > 0 and stage not in ("ar", "dcd"):
+        raise UserError(f"label_weight is a term of the ar and dcd stages, not of {stage}")
     if stage == "vision":
         from echocxr.training.vision import LabelHead, VisionLabelObjective, tokens_per_image
 
@@ -201,14 +203,7 @@ def run_stage(req: StageRequest) -> dict:
         objective = VisionLabelObjective(aux)
         extra["train_examples"], extra["labels"] = len(train), len(labels)
     elif stage == "ar":
-        if cfg.label_weight > 0:
-            from echocxr.training.vision import StateLabelHead
-
-            labels = tuple(sorted({lab for e in train for lab in e.labels}))
-            if not labels:
-                raise UserError("label_weight needs training samples with finding labels (manifest `labels`)")
-            aux = StateLabelHead(model.config.text_config.hidden_size if bb.is_vision else model.config.hidden_size,
-                                 labels)
+        aux = _state_label_head(cfg, train, model, bb.is_vision)
         objective = ARObjective(positions, ids, bb.is_vision, aux, cfg.label_weight)
     elif stage == "rad":
         objective = RADObjective(positions, ids, bb.is_vision, cfg)
@@ -251,7 +246,8 @@ def run_stage(req: StageRequest) -> dict:
         extra["trajectories"] = st
         clock.lap("trajectories_s")
         if stage == "dcd":
-            objective = DCDObjective(positions, ids, bb.is_vision, cfg, trajs)
+            aux = _state_label_head(cfg, train, model, bb.is_vision)
+            objective = DCDObjective(positions, ids, bb.is_vision, cfg, trajs, aux)
         else:
             from echocxr.training.baselines import make_baseline_objective
 
@@ -310,6 +306,18 @@ def _first_per_language(samples: list, n: int) -> list:
         if seen[s.language] <= n:
             out.append(s)
     return out
+
+
+def _state_label_head(cfg: TrainConfig, train: list, model, is_vision: bool):
+    """The label term's training-only head (AR and DCD), or None when `label_weight` is 0."""
+    if cfg.label_weight <= 0:
+        return None
+    from echocxr.training.vision import StateLabelHead
+
+    labels = tuple(sorted({lab for e in train for lab in e.labels}))
+    if not labels:
+        raise UserError("label_weight needs training samples with finding labels (manifest `labels`)")
+    return StateLabelHead(model.config.text_config.hidden_size if is_vision else model.config.hidden_size, labels)
 
 
 def _one_per_study(examples: list) -> list:
