@@ -4,7 +4,7 @@
 # evaluate every stage and decoder on the 240 test studies per language and keep the evidence in
 # benchmarks/results/builtin_model/. With INSTALL=1 the DCD model is installed as the package's built-in model
 # (src/echocxr/assets/demo_model). LENGTHS="4 8" also trains and reports block length 8.
-#   INSTALL=1 bash scripts/train_builtin_model.sh [RUN_DIR]   (default runs/builtin; ~2.2 hours on 2 CPU cores;
+#   INSTALL=1 bash scripts/train_builtin_model.sh [RUN_DIR]   (default runs/builtin; about 2.5 hours on 2 CPU cores;
 #   LENGTHS="4 8": about 1.5 hours more)
 # Resumable: a finished stage (RUN_DIR/<stage>/final) is skipped, an interrupted one continues from its last
 # checkpoint, a finished evaluation (summary.json) is not run again.

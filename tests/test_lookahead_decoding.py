@@ -291,6 +291,17 @@ def test_bad_lookahead_is_a_one_line_user_error(kw, needle):
     assert needle in str(exc.value) and "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize("kw", [dict(lookahead=-1), dict(lookahead=MAX_LOOKAHEAD + 1), dict(lookahead=1.5),
+                                dict(lookahead_threshold=1.5), dict(lookahead_threshold="0.5")])
+def test_a_model_with_a_bad_lookahead_setting_is_refused_as_a_decode_call_is(kw):
+    with pytest.raises(UserError) as from_settings:
+        ModelSettings(block_length=4, decoder="multistep", steps=4, **kw).validate()
+    assert "lookahead" in str(from_settings.value) and "\n" not in str(from_settings.value)
+    with pytest.raises(UserError) as from_call:
+        DecodeConfig(**{**ENTROPY, **kw}).validate()
+    assert str(from_call.value) == str(from_settings.value)  # one check serves both
+
+
 def test_valid_lookahead_settings_pass():
     DecodeConfig(**ENTROPY, lookahead=MAX_LOOKAHEAD, lookahead_threshold=0.0).validate()
     DecodeConfig(**CONFIDENCE, lookahead=1, lookahead_threshold=1.0, tie_ratio=0.5).validate()

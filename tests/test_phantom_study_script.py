@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "benchmarks" / "phantom_study.sh"
 SCRIPTS = [STUDY, ROOT / "scripts" / "lib" / "stages.sh", ROOT / "scripts" / "train_builtin_model.sh"] + [
-    ROOT / "scripts" / f"{name}.sh" for name in ("tie_ratio_teacher", "tie_ratio_student", "student_variant")] + [
+    ROOT / "scripts" / f"{name}.sh" for name in ("tie_ratio_teacher", "student_variant", "builtin_stages")] + [
     ROOT / "benchmarks" / "refine_curve.sh"]
 CURVE = list(range(250, 2501, 250))
 

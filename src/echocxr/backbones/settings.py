@@ -34,6 +34,14 @@ MULTISTEP_FALLBACK_THRESHOLD = 0.9
 # 0.1 in its released LLaDA and Dream settings). d3LLM's code has no cap on the number of open blocks: its
 # baseline here gets MAX_LOOKAHEAD, more blocks than a report's canvas holds ahead of the current one.
 MAX_LOOKAHEAD = 64
+
+
+def check_lookahead(lookahead: object, threshold: object) -> None:
+    """The look-ahead's ranges, for a model's settings and a decode call alike."""
+    if not isinstance(lookahead, int) or isinstance(lookahead, bool) or not 0 <= lookahead <= MAX_LOOKAHEAD:
+        raise UserError(f"lookahead must be a whole number of blocks in 0..{MAX_LOOKAHEAD}, got {lookahead!r}")
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
+        raise UserError(f"lookahead threshold must be in [0, 1], got {threshold!r}")
 DEFAULT_LOOKAHEAD_THRESHOLD = 0.1
 LOOKAHEAD_REMASKING = ("low_confidence_dynamic", "low_entropy_dynamic")  # a look-ahead block commits by threshold
 
@@ -72,12 +80,7 @@ class ModelSettings:
             raise UserError(f"decoders must be among {DECODERS}, got {bad[0]!r}")
         if self.domain not in DOMAINS:
             raise UserError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
-        if (not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool)
-                or not 0 <= self.lookahead <= MAX_LOOKAHEAD):
-            raise UserError(f"lookahead must be an integer in 0..{MAX_LOOKAHEAD}, got {self.lookahead!r}")
-        if (not isinstance(self.lookahead_threshold, (int, float)) or isinstance(self.lookahead_threshold, bool)
-                or not 0.0 <= self.lookahead_threshold <= 1.0):
-            raise UserError(f"lookahead_threshold must be a number in [0, 1], got {self.lookahead_threshold!r}")
+        check_lookahead(self.lookahead, self.lookahead_threshold)
         return self
 
     def save(self, model_dir: str | Path) -> None:

@@ -25,9 +25,9 @@ from echocxr.backbones.settings import (
     DEFAULT_LOOKAHEAD_THRESHOLD,
     DEFAULT_TIE_BREAK,
     LOOKAHEAD_REMASKING,
-    MAX_LOOKAHEAD,
     PREFILL_MODES,
     TIE_BREAKS,
+    check_lookahead,
 )
 from echocxr.decoding.layout import Canvas, build_canvas
 from echocxr.decoding.results import DecodeEvent, Generation
@@ -94,11 +94,7 @@ class DecodeConfig:
             raise UserError(f"refine threshold must be in [0, 1], got {self.refine}")
         if self.refine > 0 and self.decoder != "onestep":
             raise UserError(f"--refine applies to the one-step decoder, not {self.decoder}")
-        if (not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool)
-                or not 0 <= self.lookahead <= MAX_LOOKAHEAD):
-            raise UserError(f"lookahead must be a whole number of blocks in 0..{MAX_LOOKAHEAD}, got {self.lookahead!r}")
-        if not 0.0 <= self.lookahead_threshold <= 1.0:
-            raise UserError(f"lookahead threshold must be in [0, 1], got {self.lookahead_threshold}")
+        check_lookahead(self.lookahead, self.lookahead_threshold)
         if self.lookahead > 0:
             if self.decoder != "multistep":
                 raise UserError(f"--lookahead applies to the multistep decoder, not {self.decoder}")
