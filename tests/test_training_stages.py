@@ -130,10 +130,10 @@ def fake_teacher(monkeypatch):
 
     def load_or_collect(cache_dir, teacher_dir, engine, examples, block_length, tau, topk=0, max_new_tokens=512,
                         progress=True, rank=0, world=1, barrier=None, remasking="low_confidence_dynamic",
-                        tie_ratio=0.0, tie_break="lowest_id", superset=None):
+                        tie_ratio=0.0, tie_break="lowest_id", superset=None, batch_size=16):
         assert (rank, world) == (0, 1)
         calls.append(dict(teacher_dir=teacher_dir, n=len(examples), block_length=block_length, tau=tau,
-                          tie_ratio=tie_ratio, tie_break=tie_break))
+                          tie_ratio=tie_ratio, tie_break=tie_break, batch_size=batch_size))
         V = engine.model.get_output_embeddings().weight.shape[0]
         trajs = reference_trajectories(examples, block_length, engine.bb.tokenizer.eos_token_id, V)
         return trajs, {"kept": len(trajs), "dropped_unfinished": 0, "dropped_loop": 0, "cached": False}
@@ -146,13 +146,13 @@ def test_dcd_loss_falls(tmp_path, rad_run, overfit_data, fake_teacher):
     out = tmp_path / "dcd"
     summary = stage("dcd", out, overfit_data, from_dir=rad_run / "final", max_steps=20, lr=5e-3,
                     trajectory_tie_ratio=0.9, trajectory_tie_ratio_by_language={"en": 0.7},
-                    trajectory_tie_break="one_step")
+                    trajectory_tie_break="one_step", trajectory_batch_size=3)
     ls = losses(out)
     assert len(ls) == 20
     assert ls[-1] < 0.5 * ls[0], ls
     assert [c["n"] for c in fake_teacher] == [4, 2]  # train, then val
     assert all(c["tau"] == 0.9 and c["block_length"] == 4 and c["tie_ratio"] == 0.7 and c["tie_break"] == "one_step"
-               for c in fake_teacher)
+               and c["batch_size"] == 3 for c in fake_teacher)
     assert summary["trajectories"]["kept"] == 4
     assert list(summary["timings"]) == ["data_s", "load_s", "trajectories_s", "train_s"]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -39,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trajectory-tie-ratio-for", action="append", metavar="LANG=R",
                    help="DCD/baselines: a tie ratio for one language's trajectories, replacing --trajectory-tie-ratio "
                         "there (repeatable, e.g. en=0.3)")
+    p.add_argument("--trajectory-batch-size", type=int,
+                   help="DCD/baselines: studies the teacher decodes together (default 128; speed only)")
     p.add_argument("--trajectory-tie-break", choices=list(TIE_BREAKS),
                    help="DCD/baselines: which near-top token a teacher tie goes to: lowest_id, or one_step (the one "
                         "the block's all-masked first forward ranks highest; default: the config's)")
@@ -90,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
                       fsdp=True if args.fsdp else None, trajectory_remasking=args.trajectory_remasking,
                       dcd_target=args.dcd_target, trajectory_tie_ratio=args.trajectory_tie_ratio,
                       trajectory_tie_break=args.trajectory_tie_break,
+                      trajectory_batch_size=args.trajectory_batch_size,
                       trajectory_tie_ratio_by_language=_ratios_by_language(args.trajectory_tie_ratio_for),
                       max_examples=args.max_examples, t3d_form=args.t3d_form, grow_layers=args.grow_layers,
                       save_every=args.save_every, keep_checkpoints=args.keep_checkpoints)

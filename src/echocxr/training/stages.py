@@ -222,7 +222,8 @@ def run_stage(req: StageRequest) -> dict:
             return load_or_collect(cache, str(req.from_dir), engine, examples, cfg.block_length, cfg.tau,
                                    cfg.trajectory_topk, cfg.max_response_tokens, progress=progress,
                                    remasking=cfg.trajectory_remasking, tie_ratio=ratio,
-                                   tie_break=cfg.trajectory_tie_break, superset=superset, **shard)
+                                   tie_break=cfg.trajectory_tie_break, superset=superset,
+                                   batch_size=cfg.trajectory_batch_size, **shard)
 
         def ratio_for(e):
             return cfg.trajectory_tie_ratio_by_language.get(e.language, cfg.trajectory_tie_ratio)

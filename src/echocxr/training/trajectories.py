@@ -165,7 +165,7 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
                     tau: float, topk: int = 0, max_new_tokens: int = 512, progress: bool = True,
                     rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
                     remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0,
-                    tie_break: str = DEFAULT_TIE_BREAK, superset: list | None = None):
+                    tie_break: str = DEFAULT_TIE_BREAK, superset: list | None = None, batch_size: int = 16):
     """Reuse `cache_dir/<key>.pt` when teacher, data and settings match; else collect and write it atomically.
     `superset`: examples that include these; a cache of them at the same settings serves these too (their
     entries as decoded within the whole set, batched with the others, which a decode of the subset alone need
@@ -195,9 +195,9 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
             return trajs, {"kept": len(trajs), "dropped_unfinished": len(examples) - len(trajs), "dropped_loop": 0,
                            "cached": True, "path": str(whole)}
     mine = examples[rank::world]
-    trajs, stats = collect_trajectories(engine, mine, block_length, tau, topk, max_new_tokens=max_new_tokens,
-                                        progress=progress, remasking=remasking, tie_ratio=tie_ratio,
-                                        tie_break=tie_break)
+    trajs, stats = collect_trajectories(engine, mine, block_length, tau, topk, batch_size=batch_size,
+                                        max_new_tokens=max_new_tokens, progress=progress, remasking=remasking,
+                                        tie_ratio=tie_ratio, tie_break=tie_break)
     entry = {"teacher": str(teacher_dir), "tau": tau, "block_length": block_length, "remasking": remasking,
              "tie_ratio": tie_ratio, "tie_break": tie_break}
     if world == 1:
