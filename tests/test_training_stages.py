@@ -42,11 +42,11 @@ def losses(run_dir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def stage(stage: str, out: Path, data: Path, from_dir: Path | None = None, **over) -> dict:
+def stage(stage: str, out: Path, data: Path, from_dir: Path | None = None, resume: bool = False, **over) -> dict:
     cfg = load_config(stage, None, **{**TINY, **over})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return run_stage(StageRequest(stage=stage, cfg=cfg, out=out, from_dir=from_dir, data_dir=data,
+        return run_stage(StageRequest(stage=stage, cfg=cfg, out=out, from_dir=from_dir, data_dir=data, resume=resume,
                                       progress=False))
 
 
@@ -201,11 +201,8 @@ def test_dcd_student_grows_after_the_teacher_decoded(tmp_path, rad_run, overfit_
     assert bb.model.config.text_config.num_hidden_layers == 3
     assert len(bb.model.model.language_model.layers) == 3
     # resuming a grown run rebuilds the grown student before its checkpoint is loaded
-    cfg = load_config("dcd", None, **{**TINY, "max_steps": 6, "lr": 5e-3, "grow_layers": 2, "save_every": 2})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run_stage(StageRequest(stage="dcd", cfg=cfg, out=out, from_dir=rad_run / "final", data_dir=overfit_data,
-                               resume=True, progress=False))
+    stage("dcd", out, overfit_data, from_dir=rad_run / "final", resume=True, max_steps=6, lr=5e-3, grow_layers=2,
+          save_every=2)
     assert len(losses(out)) == 6
     with pytest.raises(UserError, match="grow_layers"):
         stage("rad", tmp_path / "rad", overfit_data, from_dir=rad_run / "final", max_steps=1, grow_layers=1)
@@ -221,11 +218,8 @@ def test_dcd_label_term_trains_and_resumes_and_other_stages_refuse_it(tmp_path, 
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(logged) == 4 and all(r["label_bce"] > 0 for r in logged)
     # the head's state is in the checkpoint: the run resumes
-    cfg = load_config("dcd", None, **{**TINY, "max_steps": 6, "lr": 5e-3, "label_weight": 1.0, "save_every": 2})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        run_stage(StageRequest(stage="dcd", cfg=cfg, out=out, from_dir=rad_run / "final", data_dir=overfit_data,
-                               resume=True, progress=False))
+    stage("dcd", out, overfit_data, from_dir=rad_run / "final", resume=True, max_steps=6, lr=5e-3,
+          label_weight=1.0, save_every=2)
     assert len(losses(out)) == 6
     with pytest.raises(UserError, match="label_weight is a term of the ar and dcd stages"):
         stage("rad", tmp_path / "rad", overfit_data, from_dir=rad_run / "final", max_steps=1, label_weight=1.0)
