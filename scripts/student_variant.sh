@@ -11,7 +11,7 @@
 # BASELINE: the student compared with (default dcd-b4, the one scripts/train_builtin_model.sh trains; RUN/BASELINE/
 # final; its summary.json, when there, names its trajectories). TIE_RATIO, TIE_BREAK: the tie ratio and tie-break
 # of the teacher the variant's trajectories come from (default the recipe's: 0.5, lowest_id; TIE_RATIO_en /
-# TIE_RATIO_zh set one language's, the recipe's English one is 0.3); the teacher's left-to-right decode of the test
+# TIE_RATIO_zh, TIE_BREAK_en / TIE_BREAK_zh set one language's, the recipe's English ratio is 0.3); the teacher's left-to-right decode of the test
 # split is RUN/eval/rad-sequential-tie<R>[-<tie break>]-b4-LANG. BASE_TIE_RATIO[_en|_zh], BASE_TIE_BREAK: the
 # same for the baseline's teacher (default: the variant's ratios, lowest_id).
 # Resumable: a finished training or evaluation is not run again. Results: benchmarks/results/builtin_model/
@@ -50,7 +50,8 @@ for lang in en zh; do
   rows="$RUN/eval/ar-$lang"
   evaluate ar "$RUN/ar/final" $lang --decoder ar
   pairs=""
-  for who in "$BASELINE BASE_TIE_RATIO $BASE_TIE_BREAK" "$NAME TIE_RATIO $TIE_BREAK"; do
+  break_var=TIE_BREAK_$lang
+  for who in "$BASELINE BASE_TIE_RATIO $BASE_TIE_BREAK" "$NAME TIE_RATIO ${!break_var:-$TIE_BREAK}"; do
     read -r student prefix tie_break <<< "$who"
     read -r teacher ratio tie_break <<< "$(teacher_of $lang $prefix $tie_break)"
     evaluate "$teacher" "$RUN/rad-b4/final" $lang --decoder multistep --steps 4 --remasking sequential \
@@ -88,4 +89,5 @@ print(*(p if isinstance(p, list) else [p]))' "$RUN/$run/summary.json"); do
 done
 vars="BASELINE=$BASELINE TIE_RATIO=$TIE_RATIO TIE_RATIO_en=$TIE_RATIO_en${TIE_RATIO_zh:+ TIE_RATIO_zh=$TIE_RATIO_zh}"
 vars="$vars${BASE_TIE_RATIO:+ BASE_TIE_RATIO=$BASE_TIE_RATIO} TIE_BREAK=$TIE_BREAK BASE_TIE_BREAK=$BASE_TIE_BREAK"
+vars="$vars${TIE_BREAK_en:+ TIE_BREAK_en=$TIE_BREAK_en}${TIE_BREAK_zh:+ TIE_BREAK_zh=$TIE_BREAK_zh}"
 echo "$vars bash scripts/student_variant.sh $RUN $NAME${ARGS:+ $ARGS}" > "$OUT/COMMAND"

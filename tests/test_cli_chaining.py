@@ -126,3 +126,20 @@ def test_per_language_tie_ratios_parse():
 
     assert _ratios_by_language(["en=0.3", "zh=0.5"]) == {"en": 0.3, "zh": 0.5}
     assert _ratios_by_language(None) is None
+
+
+@pytest.mark.parametrize("value,needle", [("en", "--trajectory-tie-break-for takes LANG=RULE"),
+                                          ("=image", "--trajectory-tie-break-for takes LANG=RULE"),
+                                          ("en=random", "trajectory_tie_break_by_language must map")])
+def test_a_bad_per_language_tie_break_is_one_line(value, needle, tmp_path, capsys):
+    assert main(["train", "dcd", "--out", str(tmp_path / "o"), "--trajectory-tie-break-for", value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_per_language_tie_breaks_parse():
+    from echocxr.cli.train import _breaks_by_language
+
+    assert _breaks_by_language(["en=image", "zh=lowest_id"]) == {"en": "image", "zh": "lowest_id"}
+    assert _breaks_by_language(None) is None

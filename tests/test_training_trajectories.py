@@ -307,14 +307,15 @@ def test_a_cache_of_the_whole_set_serves_a_subset(teacher, tiny_vl_dir, tmp_path
     assert calls
 
 
-def test_collect_by_tie_ratio_loads_each_ratio_once_and_merges():
-    from echocxr.training.trajectories import collect_by_tie_ratio
+def test_collect_by_tie_setting_loads_each_setting_once_and_merges():
+    from echocxr.training.trajectories import collect_by_tie_setting
 
     ex = [TrainExample(prompt=None, response_ids=[], sample_id=f"s{i}", language=lang)
           for i, lang in enumerate(["en", "zh", "en", "zh", "en"])]
     calls = []
 
-    def load(examples, ratio, superset):
+    def load(examples, setting, superset):
+        ratio, tie_break = setting
         calls.append(([e.key for e in examples], ratio))
         assert superset is (ex if len({e.language for e in examples}) < 2 else None)
         return ({e.key: ratio for e in examples},
@@ -322,14 +323,18 @@ def test_collect_by_tie_ratio_loads_each_ratio_once_and_merges():
                  "path": f"p{ratio}"})
 
     ratios = {"en": 0.3}
-    trajs, stats = collect_by_tie_ratio(ex, lambda e: ratios.get(e.language, 0.5), load)
+    trajs, stats = collect_by_tie_setting(ex, lambda e: (ratios.get(e.language, 0.5), "lowest_id"), load)
     assert calls == [(["s0#en", "s2#en", "s4#en"], 0.3), (["s1#zh", "s3#zh"], 0.5)]
     assert trajs == {"s0#en": 0.3, "s2#en": 0.3, "s4#en": 0.3, "s1#zh": 0.5, "s3#zh": 0.5}
     assert stats == {"kept": 5, "dropped_unfinished": 2, "dropped_loop": 0, "cached": False,
                      "path": ["p0.3", "p0.5"], "tie_ratios": {"0.3": 3, "0.5": 2}}
     calls.clear()  # one ratio for all: one call over every example, the stats as load gave them
-    trajs, stats = collect_by_tie_ratio(ex, lambda e: 0.5, load)
+    trajs, stats = collect_by_tie_setting(ex, lambda e: (0.5, "lowest_id"), load)
     assert calls == [([e.key for e in ex], 0.5)] and stats["path"] == "p0.5"
+    calls.clear()  # one ratio, a tie-break per language: two groups, named by both
+    trajs, stats = collect_by_tie_setting(ex, lambda e: (0.5, "image" if e.language == "en" else "lowest_id"), load)
+    assert calls == [(["s0#en", "s2#en", "s4#en"], 0.5), (["s1#zh", "s3#zh"], 0.5)]
+    assert stats["tie_ratios"] == {"0.5 image": 3, "0.5": 2}
 
 
 def test_trajectory_remasking_is_checked():
@@ -354,6 +359,14 @@ def test_trajectory_remasking_is_checked():
             load_config("dcd", None, trajectory_tie_ratio_by_language=bad)
     with pytest.raises(UserError, match="max_examples"):
         load_config("dcd", None, max_examples=-1)
+    assert load_config("dcd", None, trajectory_tie_break_by_language={"en": "image"},
+                       trajectory_tie_margin=2.0).trajectory_tie_break_by_language == {"en": "image"}
+    for bad in ({"en": "random"}, ["image"], {"en": 1}):
+        with pytest.raises(UserError, match="trajectory_tie_break_by_language"):
+            load_config("dcd", None, trajectory_tie_break_by_language=bad)
+    for bad in (-1.0, float("nan"), True, "2"):
+        with pytest.raises(UserError, match="trajectory_tie_margin"):
+            load_config("dcd", None, trajectory_tie_margin=bad)
 
 
 def test_dcd_objective_is_the_weighted_kl_to_the_teacher(tiny_text_dir):

@@ -19,7 +19,8 @@ SETTINGS_FILE = "echocxr.json"
 PREFILL_MODES = ("block_grid", "response_aligned")
 DECODERS = ("ar", "multistep", "onestep")
 # low_entropy_dynamic: dParallel/d3LLM decode by entropy (nats), not confidence; `threshold` is then the entropy bound
-TIE_BREAKS = ("lowest_id", "one_step")  # greedy near-tie rules (decoding.engine.DecodeConfig.tie_break)
+TIE_BREAKS = ("lowest_id", "one_step", "image")  # greedy near-tie rules (decoding.engine.DecodeConfig.tie_break)
+DEFAULT_TIE_MARGIN = 2.0  # the image tie-break's bound, in nats (DecodeConfig.tie_margin; STUDY.md §5)
 DEFAULT_TIE_BREAK = TIE_BREAKS[0]
 REMASKING_STRATEGIES = ("sequential", "low_confidence_static", "low_confidence_dynamic", "low_entropy_dynamic")
 DOMAINS = ("", "cxr-phantom")  # "": any chest X-ray (real checkpoints)

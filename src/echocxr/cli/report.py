@@ -7,7 +7,13 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from echocxr.backbones.settings import DECODERS, PREFILL_MODES, REMASKING_STRATEGIES, TIE_BREAKS
+from echocxr.backbones.settings import (
+    DECODERS,
+    DEFAULT_TIE_MARGIN,
+    PREFILL_MODES,
+    REMASKING_STRATEGIES,
+    TIE_BREAKS,
+)
 from echocxr.clinical.formats import FORMATS
 
 if TYPE_CHECKING:
@@ -44,8 +50,12 @@ def add_decode_arguments(p: argparse.ArgumentParser, model_args: bool = True) ->
                    help="greedy tie-break: of the tokens at least this share of the top one's probability, "
                         "take the lowest id, the same choice in every context (default 0: plain argmax)")
     g.add_argument("--tie-break", choices=TIE_BREAKS,
-                   help="with --tie-ratio: lowest_id (default), or one_step: in a multi-step block, the near-top "
-                        "token the block's first, all-masked forward ranks highest")
+                   help="with --tie-ratio: lowest_id (default); one_step: in a multi-step block, the near-top "
+                        "token the block's first, all-masked forward ranks highest; image: lowest_id among the "
+                        "near-top tokens the image does not tell apart (against a blank image; twice the compute)")
+    g.add_argument("--tie-margin", type=float, metavar="NATS",
+                   help=f"with --tie-break image: how far (nats) a token's gain from the image may be from the top "
+                        f"token's and still tie (default {DEFAULT_TIE_MARGIN})")
     g.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
                    help="static-cache fast path for one-step fused and AR decoding (default on; --no-fast: the "
                         "reference engine)")

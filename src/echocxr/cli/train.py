@@ -42,8 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trajectory-batch-size", type=int,
                    help="DCD/baselines: studies the teacher decodes together (default 128; speed only)")
     p.add_argument("--trajectory-tie-break", choices=list(TIE_BREAKS),
-                   help="DCD/baselines: which near-top token a teacher tie goes to: lowest_id, or one_step (the one "
-                        "the block's all-masked first forward ranks highest; default: the config's)")
+                   help="DCD/baselines: which near-top token a teacher tie goes to: lowest_id, one_step (the one "
+                        "the block's all-masked first forward ranks highest) or image (lowest_id among the tokens the "
+                        "image does not tell apart; the teacher decodes twice); default: the config's")
+    p.add_argument("--trajectory-tie-break-for", action="append", metavar="LANG=RULE",
+                   help="DCD/baselines: a tie-break for one language's trajectories, replacing --trajectory-tie-break "
+                        "there (repeatable, e.g. en=image)")
+    p.add_argument("--trajectory-tie-margin", type=float, metavar="NATS",
+                   help="DCD/baselines: the image tie-break's margin (default: the config's, 2.0)")
     p.add_argument("--grow-layers", type=int,
                    help="DCD/baselines: append N identity decoder layers to the student before it trains (a deeper "
                         "one-step student than its teacher; default: the config's, 0)")
@@ -92,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
                       fsdp=True if args.fsdp else None, trajectory_remasking=args.trajectory_remasking,
                       dcd_target=args.dcd_target, trajectory_tie_ratio=args.trajectory_tie_ratio,
                       trajectory_tie_break=args.trajectory_tie_break,
+                      trajectory_tie_break_by_language=_breaks_by_language(args.trajectory_tie_break_for),
+                      trajectory_tie_margin=args.trajectory_tie_margin,
                       trajectory_batch_size=args.trajectory_batch_size,
                       trajectory_tie_ratio_by_language=_ratios_by_language(args.trajectory_tie_ratio_for),
                       max_examples=args.max_examples, t3d_form=args.t3d_form, grow_layers=args.grow_layers,
@@ -131,4 +139,20 @@ def _ratios_by_language(items: list[str] | None) -> dict[str, float] | None:
         if not sep or not lang.strip() or ratio is None:
             raise UserError(f"--trajectory-tie-ratio-for takes LANG=R (e.g. en=0.3), got {item!r}")
         out[lang.strip()] = ratio
+    return out
+
+
+def _breaks_by_language(items: list[str] | None) -> dict[str, str] | None:
+    """['en=image', ...] -> {'en': 'image'}; None when the flag was not given. The rule names are checked with
+    the config (TrainConfig.validate)."""
+    from echocxr.errors import UserError
+
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        lang, sep, rule = item.partition("=")
+        if not sep or not lang.strip() or not rule.strip():
+            raise UserError(f"--trajectory-tie-break-for takes LANG=RULE (e.g. en=image), got {item!r}")
+        out[lang.strip()] = rule.strip()
     return out

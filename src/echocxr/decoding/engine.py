@@ -24,6 +24,7 @@ from echocxr.backbones.settings import (
     DECODERS,
     DEFAULT_LOOKAHEAD_THRESHOLD,
     DEFAULT_TIE_BREAK,
+    DEFAULT_TIE_MARGIN,
     LOOKAHEAD_REMASKING,
     PREFILL_MODES,
     TIE_BREAKS,
@@ -31,7 +32,13 @@ from echocxr.backbones.settings import (
 )
 from echocxr.decoding.layout import Canvas, build_canvas
 from echocxr.decoding.results import DecodeEvent, Generation
-from echocxr.decoding.sampling import REMASKING_STRATEGIES, sample_tokens, select_transfer, transfer_schedule
+from echocxr.decoding.sampling import (
+    REMASKING_STRATEGIES,
+    image_tie_preference,
+    sample_tokens,
+    select_transfer,
+    transfer_schedule,
+)
 from echocxr.diffusion.masks import canvas_mask
 from echocxr.errors import UserError
 
@@ -55,8 +62,13 @@ class DecodeConfig:
     tie_ratio: float = 0.0  # greedy's canonical tie-break (sampling.sample_tokens); 0 = plain argmax
     # which near-top token a tie goes to: lowest_id (the same in every context), or one_step: in a multi-step
     # block, the one the block's first forward (all its positions masked, what a one-step decoder sees) ranks
-    # highest, so the block's later tokens follow what one forward would have written where the teacher allows
+    # highest, so the block's later tokens follow what one forward would have written where the teacher allows;
+    # or image: lowest_id among the near-top tokens the image does not tell apart (their log-probability gain
+    # over the same step under a blank image within `tie_margin` nats of the top token's; the others lose), so
+    # a phrasing choice is canonical while a finding the image shows keeps the plain argmax. It decodes every
+    # sample twice (its blank-image twin follows its tokens)
     tie_break: str = DEFAULT_TIE_BREAK
+    tie_margin: float = DEFAULT_TIE_MARGIN
     # one-step with refinement: a block whose every token has confidence above `refine` is kept after its one
     # forward; otherwise the tokens at or below it are masked again and decoded in one more forward, seeing the rest
     refine: float = 0.0
@@ -109,6 +121,10 @@ class DecodeConfig:
             raise UserError("a tie ratio applies to greedy decoding only (temperature 0)")
         if self.tie_break not in TIE_BREAKS:
             raise UserError(f"unknown tie break {self.tie_break!r} (use one of: {', '.join(TIE_BREAKS)})")
+        if not 0.0 <= self.tie_margin <= 100.0:  # NaN fails too
+            raise UserError(f"tie margin must be in [0, 100] nats, got {self.tie_margin}")
+        if self.image_ties and (self.decoder == "ar" or self.lookahead > 0):
+            raise UserError("--tie-break image applies to block decoding (multistep or onestep) without --lookahead")
         if not 0 < self.top_p <= 1.0 or self.top_k < 0:
             raise UserError("need 0 < top_p <= 1 and top_k >= 0")
         if not 0 <= self.seed < 2**64:  # torch.Generator takes 64-bit seeds
@@ -119,6 +135,11 @@ class DecodeConfig:
     @property
     def steps_per_block(self) -> int:
         return 1 if self.decoder == "onestep" else self.steps
+
+    @property
+    def image_ties(self) -> bool:
+        """Whether greedy near-ties are told apart by the image (each sample decodes beside a blank-image twin)."""
+        return self.tie_ratio > 0 and self.tie_break == "image"
 
 
 class _Batch:
@@ -225,6 +246,16 @@ class ReportEngine:
             return []
         if self.fast_path is not None and self.fast_path.supports(cfg, prompts):
             return _batched(self.fast_path.generate(prompts, cfg, on_event=on_event, is_cancelled=is_cancelled))
+        B = len(prompts)
+        if cfg.image_ties:  # each sample decodes beside its blank-image twin, rows B.. (see _sample)
+            if any(p.pixel_values is None for p in prompts):
+                raise UserError("--tie-break image needs an image in every prompt")
+            prompts = prompts + [replace(p, pixel_values=torch.zeros_like(p.pixel_values), notices=[])
+                                 for p in prompts]
+            if on_event is not None:
+                on_event = _samples_only(on_event, B)
+            if is_cancelled is not None:
+                is_cancelled = _twin_follows(is_cancelled, B)
         mode = "ar" if cfg.decoder == "ar" else cfg.prefill
         rope = self._rope_index if self.is_vision else None
         canvas = build_canvas(prompts, mode, cfg.block_length, cfg.max_new_tokens,
@@ -251,7 +282,7 @@ class ReportEngine:
             self._decode_blocks_lookahead(batch, cfg, gen, finish, on_event)
         else:
             self._decode_blocks(batch, cfg, gen, finish, on_event)
-        return _batched([r for r in results if r is not None])  # every sample ends by eos, length or cancel
+        return _batched([r for r in results[:B] if r is not None])  # every sample ends by eos, length or cancel
 
     def request_warnings(self, prompt: EncodedPrompt, cfg: DecodeConfig) -> list[str]:
         """A sample's warnings: decoder outside the model's training, then the prompt's own (language, images)."""
@@ -304,8 +335,7 @@ class ReportEngine:
                 logits = self._step_logits(batch, b0 - L if carry_prev else b0, b1, cfg, denoise=True)
                 if step == 0 and cfg.tie_break == "one_step":
                     first = logits
-                x0, conf, probs = sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.tie_ratio,
-                                                prefer=first if step else None)
+                x0, conf, probs = self._sample(logits, cfg, gen, prefer=first if step else None)
                 commit = select_transfer(masked, conf, k, remasking, threshold, probs)
                 cur = torch.where(commit, x0, cur)
                 cur_conf = torch.where(commit, conf, cur_conf)  # the probability at the step that committed it
@@ -411,6 +441,16 @@ class ReportEngine:
         next_start = b0 + (ahead + 1) * L
         return ((share >= cfg.lookahead_threshold) & ~eos & (ahead < room)
                 & (next_start - batch.response_start < cfg.max_new_tokens))
+
+    def _sample(self, logits: torch.Tensor, cfg: DecodeConfig, gen, prefer: torch.Tensor | None = None):
+        """sample_tokens for a block's logits; with the image tie-break the batch is [samples | their blank-image
+        twins] and each twin takes its sample's tokens, confidences and distributions (so it commits alike)."""
+        if not cfg.image_ties:
+            return sample_tokens(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.tie_ratio, prefer=prefer)
+        h = logits.shape[0] // 2
+        x0, conf, probs = sample_tokens(logits[:h], cfg.temperature, cfg.top_k, cfg.top_p, gen, cfg.tie_ratio,
+                                        prefer=image_tie_preference(logits[:h], logits[h:], cfg.tie_margin))
+        return torch.cat([x0, x0]), torch.cat([conf, conf]), torch.cat([probs, probs])
 
     # ---- model calls ------------------------------------------------------------------------------
     def _step_logits(self, batch: _Batch, q0: int, q1: int, cfg: DecodeConfig, denoise: bool = False,
@@ -530,10 +570,22 @@ class _Finisher:
         return gen
 
 
+def _samples_only(on_event: EventHook, n: int) -> EventHook:
+    """The caller's hook for the first `n` samples; the image tie-break's blank-image twins stay silent."""
+    def hook(ev: DecodeEvent) -> None:
+        if ev.sample < n:
+            on_event(ev)
+    return hook
+
+
+def _twin_follows(is_cancelled: Callable[[int], bool], n: int) -> Callable[[int], bool]:
+    return lambda i: is_cancelled(i % n)
+
+
 def lookahead_fits(cfg: DecodeConfig) -> bool:
     """Whether look-ahead decoding goes with the rest of `cfg` (what DecodeConfig.validate asks of it)."""
     return (cfg.decoder == "multistep" and cfg.remasking in LOOKAHEAD_REMASKING
-            and not (cfg.tie_ratio > 0 and cfg.tie_break == "one_step"))
+            and not (cfg.tie_ratio > 0 and cfg.tie_break in ("one_step", "image")))
 
 
 def _batched(results: list[Generation]) -> list[Generation]:

@@ -184,6 +184,8 @@ class FastPath:
             return False
         if cfg.decoder == "multistep" and cfg.tie_ratio > 0 and cfg.tie_break != DEFAULT_TIE_BREAK:
             return False  # one_step ties in later rounds read the block's first forward (reference engine)
+        if cfg.image_ties:  # each sample beside its blank-image twin (the reference engine)
+            return False
         if prompts:  # every decode starts from a prefill (the vision inputs go there)
             L = cfg.block_length
             if cfg.decoder == "ar":

@@ -21,6 +21,7 @@ def decode_config_from_options(engine: ReportEngine, options: Any) -> DecodeConf
         fused=False if options.no_fused else None, max_new_tokens=options.max_new_tokens,
         temperature=options.temperature, top_k=options.top_k, top_p=options.top_p, seed=options.seed,
         tie_ratio=getattr(options, "tie_ratio", None), tie_break=getattr(options, "tie_break", None),
+        tie_margin=getattr(options, "tie_margin", None),
         refine=getattr(options, "refine", None), lookahead=getattr(options, "lookahead", None),
         lookahead_threshold=getattr(options, "lookahead_threshold", None),
     )

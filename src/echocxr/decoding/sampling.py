@@ -64,6 +64,22 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0
     return tokens.view(shape), conf.view(shape), probs.view(*shape, -1)
 
 
+def image_tie_preference(logits: torch.Tensor, blind: torch.Tensor, margin: float) -> torch.Tensor:
+    """`prefer` for sample_tokens' image tie-break: near-top tokens compete, lowest id first, only when the image
+    moves their log-probability (against `blind`, the same step's logits under a blank image) within `margin`
+    nats of what it does for the top token; the others keep out. Phrasings of one statement are chosen
+    independently of the image, so a tie between them goes the same way in every context, while a tie that the
+    image decides (a finding against its negation) stays with the plain argmax."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    gain = F.log_softmax(flat, dim=-1) - F.log_softmax(blind.reshape(flat.shape).float(), dim=-1)
+    top_gain = gain.gather(-1, flat.argmax(dim=-1, keepdim=True))
+    V = flat.shape[-1]
+    lowest_first = -torch.arange(V, device=flat.device, dtype=torch.float32).expand_as(flat)
+    # a -inf blind logit (a suppressed token) gives a NaN or inf gain: such a token never competes
+    close = (gain - top_gain).abs() <= margin
+    return torch.where(close, lowest_first, torch.full_like(flat, -float(V) - 1.0)).view(logits.shape)
+
+
 def transfer_schedule(block_length: int, steps: int) -> list[int]:
     """How many tokens each of `steps` rounds commits: an even split, remainder to the first rounds."""
     base, rem = divmod(block_length, steps)

@@ -6,7 +6,7 @@ import copy
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from echocxr.backbones.settings import DEFAULT_TIE_BREAK, REMASKING_STRATEGIES, TIE_BREAKS
+from echocxr.backbones.settings import DEFAULT_TIE_BREAK, DEFAULT_TIE_MARGIN, REMASKING_STRATEGIES, TIE_BREAKS
 from echocxr.errors import UserError
 
 # the stages that distil a Base on its own trajectories (DCD and the baselines)
@@ -58,6 +58,10 @@ class TrainConfig:
     # all-masked first forward ranks highest, so the target is what a one-step student already writes wherever
     # the teacher allows it (STUDY.md §3f)
     trajectory_tie_break: str = DEFAULT_TIE_BREAK
+    # per language, a tie-break that replaces trajectory_tie_break there (e.g. {"en": "image"})
+    trajectory_tie_break_by_language: dict = field(default_factory=dict)
+    # the image tie-break's bound in nats (DecodeConfig.tie_margin)
+    trajectory_tie_margin: float = DEFAULT_TIE_MARGIN
     # soft: the teacher's commit-time distribution (the paper); hard: a one-hot of the token it committed
     # (cross-entropy on the trajectory), which keeps a near-tie choice of phrasing one choice (STUDY.md §3c)
     dcd_target: str = "soft"
@@ -119,6 +123,13 @@ class TrainConfig:
         if self.trajectory_tie_break not in TIE_BREAKS:
             raise UserError(f"trajectory_tie_break must be one of {', '.join(TIE_BREAKS)}, "
                             f"got {self.trajectory_tie_break!r}")
+        breaks = self.trajectory_tie_break_by_language
+        if not isinstance(breaks, dict) or not all(isinstance(k, str) and v in TIE_BREAKS for k, v in breaks.items()):
+            raise UserError(f"trajectory_tie_break_by_language must map languages to one of {', '.join(TIE_BREAKS)}, "
+                            f"got {breaks!r}")
+        margin = self.trajectory_tie_margin
+        if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0.0 <= margin <= 100.0:
+            raise UserError(f"trajectory_tie_margin must be in [0, 100] nats, got {margin!r}")
         if self.dcd_target not in ("soft", "hard"):
             raise UserError(f"dcd_target must be soft or hard, got {self.dcd_target!r}")
         if self.schedule not in ("cosine", "linear", "constant"):

@@ -209,7 +209,7 @@ def run_stage(req: StageRequest) -> dict:
         objective = RADObjective(positions, ids, bb.is_vision, cfg)
     else:
         from echocxr.decoding.engine import ReportEngine
-        from echocxr.training.trajectories import collect_by_tie_ratio, load_or_collect
+        from echocxr.training.trajectories import collect_by_tie_setting, load_or_collect
 
         # Before training starts the student is the teacher (both are --from): decode with it, frozen by
         # inference mode, instead of loading the same weights again. Each rank decodes its share of the
@@ -218,19 +218,21 @@ def run_stage(req: StageRequest) -> dict:
         engine = ReportEngine(bb)
         cache = req.out.parent / "trajectories"
         shard = dict(rank=state.process_index, world=state.num_processes, barrier=state.wait_for_everyone)
-        def load(examples, ratio, superset, progress=False):
+        def load(examples, setting, superset, progress=False):
+            ratio, tie_break = setting
             return load_or_collect(cache, str(req.from_dir), engine, examples, cfg.block_length, cfg.tau,
                                    cfg.trajectory_topk, cfg.max_response_tokens, progress=progress,
-                                   remasking=cfg.trajectory_remasking, tie_ratio=ratio,
-                                   tie_break=cfg.trajectory_tie_break, superset=superset,
+                                   remasking=cfg.trajectory_remasking, tie_ratio=ratio, tie_break=tie_break,
+                                   tie_margin=cfg.trajectory_tie_margin, superset=superset,
                                    batch_size=cfg.trajectory_batch_size, **shard)
 
-        def ratio_for(e):
-            return cfg.trajectory_tie_ratio_by_language.get(e.language, cfg.trajectory_tie_ratio)
+        def setting_for(e):
+            return (cfg.trajectory_tie_ratio_by_language.get(e.language, cfg.trajectory_tie_ratio),
+                    cfg.trajectory_tie_break_by_language.get(e.language, cfg.trajectory_tie_break))
 
-        trajs, st = collect_by_tie_ratio(train, ratio_for,
+        trajs, st = collect_by_tie_setting(train, setting_for,
                                          functools.partial(load, progress=req.progress and state.is_main_process))
-        vtrajs, _ = collect_by_tie_ratio(val, ratio_for, load)
+        vtrajs, _ = collect_by_tie_setting(val, setting_for, load)
         model.train()
         del engine
         if cfg.grow_layers:  # after the teacher decoded: it keeps its depth, the student starts as it

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from echocxr.backbones.settings import DEFAULT_TIE_BREAK
+from echocxr.backbones.settings import DEFAULT_TIE_BREAK, DEFAULT_TIE_MARGIN
 from echocxr.decoding.engine import DecodeConfig, ReportEngine
 
 FULL_DISTRIBUTION_MAX_VOCAB = 4096
@@ -52,22 +52,23 @@ DEFAULT_REMASKING = "low_confidence_dynamic"
 
 def teacher_config(block_length: int, tau: float, max_new_tokens: int,
                    remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0,
-                   tie_break: str = DEFAULT_TIE_BREAK) -> DecodeConfig:
+                   tie_break: str = DEFAULT_TIE_BREAK, tie_margin: float = DEFAULT_TIE_MARGIN) -> DecodeConfig:
     return DecodeConfig(decoder="multistep", block_length=block_length, steps=block_length,
                         remasking=remasking, threshold=tau, max_new_tokens=max_new_tokens,
                         # the stage refuses any other teacher (stages._check_teacher): RAD trains response-aligned
                         prefill="response_aligned", record_logits=True, tie_ratio=tie_ratio,
-                        tie_break=tie_break).validate()
+                        tie_break=tie_break, tie_margin=tie_margin).validate()
 
 
 def collect_trajectories(engine: ReportEngine, examples: list, block_length: int, tau: float, topk: int = 0,
                          batch_size: int = 16, max_new_tokens: int = 512, progress: bool = True,
                          remasking: str = DEFAULT_REMASKING,
                          tie_ratio: float = 0.0,
-                         tie_break: str = DEFAULT_TIE_BREAK) -> tuple[dict[str, Trajectory], dict]:
+                         tie_break: str = DEFAULT_TIE_BREAK,
+                         tie_margin: float = DEFAULT_TIE_MARGIN) -> tuple[dict[str, Trajectory], dict]:
     from tqdm.auto import tqdm
 
-    cfg = teacher_config(block_length, tau, max_new_tokens, remasking, tie_ratio, tie_break)
+    cfg = teacher_config(block_length, tau, max_new_tokens, remasking, tie_ratio, tie_break, tie_margin)
     V = engine.model.get_output_embeddings().weight.shape[0]
     K = V if (topk == 0 and V <= FULL_DISTRIBUTION_MAX_VOCAB) else (topk or 64)
     out: dict[str, Trajectory] = {}
@@ -116,33 +117,38 @@ def collect_trajectories(engine: ReportEngine, examples: list, block_length: int
     return out, stats
 
 
-def collect_by_tie_ratio(examples: list, ratio_for: Callable[[object], float],
-                        load: Callable[[list, float, list | None], tuple[dict, dict]]) -> tuple[dict, dict]:
-    """Trajectories where each example's tie ratio is `ratio_for(example)` (e.g. one per language): one
-    `load(group, ratio, superset)` (load_or_collect with that ratio; `superset`, all the examples, lets it reuse
-    a cache of the whole set at that ratio) per distinct ratio, over its examples in order, merged. With one
-    ratio it is one call over all examples, so the cache key is the same as without a per-example ratio."""
-    groups: dict[float, list] = {}
+TieSetting = tuple[float, str]  # (tie ratio, tie break) of one group of examples' teacher
+
+
+def collect_by_tie_setting(examples: list, setting_for: Callable[[object], TieSetting],
+                           load: Callable[[list, TieSetting, list | None], tuple[dict, dict]]) -> tuple[dict, dict]:
+    """Trajectories where each example's tie ratio and tie-break are `setting_for(example)` (e.g. one per
+    language): one `load(group, setting, superset)` (load_or_collect with that setting; `superset`, all the
+    examples, lets it reuse a cache of the whole set at that setting) per distinct setting, over its examples in
+    order, merged. With one setting it is one call over all examples, so the cache key is the same as without a
+    per-example setting."""
+    groups: dict[TieSetting, list] = {}
     for e in examples:
-        groups.setdefault(ratio_for(e), []).append(e)
+        groups.setdefault(setting_for(e), []).append(e)
     if len(groups) <= 1:
-        return load(examples, next(iter(groups), 0.0), None)
+        return load(examples, next(iter(groups), (0.0, DEFAULT_TIE_BREAK)), None)
     trajs: dict = {}
     stats = {"kept": 0, "dropped_unfinished": 0, "dropped_loop": 0, "cached": True, "path": [], "tie_ratios": {}}
-    for ratio, group in groups.items():
-        part, st = load(group, ratio, examples)
+    for setting, group in groups.items():
+        part, st = load(group, setting, examples)
         trajs.update(part)
         for k in ("kept", "dropped_unfinished", "dropped_loop"):
             stats[k] += st.get(k, 0)
         stats["cached"] = stats["cached"] and bool(st.get("cached"))
         stats["path"].append(st.get("path"))
-        stats["tie_ratios"][str(ratio)] = len(group)
+        ratio, tie_break = setting
+        stats["tie_ratios"][str(ratio) if tie_break == DEFAULT_TIE_BREAK else f"{ratio} {tie_break}"] = len(group)
     return trajs, stats
 
 
 def trajectory_key(teacher_dir: str, examples: list, block_length: int, tau: float, topk: int,
                    max_new_tokens: int, remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0,
-                   tie_break: str = DEFAULT_TIE_BREAK) -> str:
+                   tie_break: str = DEFAULT_TIE_BREAK, tie_margin: float = DEFAULT_TIE_MARGIN) -> str:
     h = hashlib.sha256()
     settings = [str(Path(teacher_dir).resolve()), block_length, tau, topk, max_new_tokens]
     if remasking != DEFAULT_REMASKING:  # keys of caches written before the setting existed stay valid
@@ -151,6 +157,8 @@ def trajectory_key(teacher_dir: str, examples: list, block_length: int, tau: flo
         settings.append(f"tie_ratio={tie_ratio!r}")
     if tie_ratio and tie_break != DEFAULT_TIE_BREAK:
         settings.append(f"tie_break={tie_break}")
+    if tie_ratio and tie_break == "image":
+        settings.append(f"tie_margin={tie_margin!r}")
     h.update(json.dumps(settings).encode())
     for f in sorted(Path(teacher_dir).glob("*.safetensors")):
         st = f.stat()
@@ -165,7 +173,8 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
                     tau: float, topk: int = 0, max_new_tokens: int = 512, progress: bool = True,
                     rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
                     remasking: str = DEFAULT_REMASKING, tie_ratio: float = 0.0,
-                    tie_break: str = DEFAULT_TIE_BREAK, superset: list | None = None, batch_size: int = 16):
+                    tie_break: str = DEFAULT_TIE_BREAK, superset: list | None = None, batch_size: int = 16,
+                    tie_margin: float = DEFAULT_TIE_MARGIN):
     """Reuse `cache_dir/<key>.pt` when teacher, data and settings match; else collect and write it atomically.
     `superset`: examples that include these; a cache of them at the same settings serves these too (their
     entries as decoded within the whole set, batched with the others, which a decode of the subset alone need
@@ -179,7 +188,7 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = trajectory_key(teacher_dir, examples, block_length, tau, topk, max_new_tokens, remasking, tie_ratio,
-                         tie_break)
+                         tie_break, tie_margin)
     path = cache_dir / f"trajectories-{key}.pt"
     if world > 1:
         barrier()  # every rank has looked for the cache entry before anyone writes it
@@ -188,7 +197,8 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
         return data["trajectories"], {**data["stats"], "cached": True, "path": str(path)}
     if superset is not None:
         whole = cache_dir / ("trajectories-" + trajectory_key(teacher_dir, superset, block_length, tau, topk,
-                                                              max_new_tokens, remasking, tie_ratio, tie_break) + ".pt")
+                                                              max_new_tokens, remasking, tie_ratio, tie_break,
+                                                              tie_margin) + ".pt")
         if whole.is_file():
             have = torch.load(whole, weights_only=False)["trajectories"]
             trajs = {e.key: have[e.key] for e in examples if e.key in have}
@@ -197,9 +207,9 @@ def load_or_collect(cache_dir: Path, teacher_dir: str, engine: ReportEngine, exa
     mine = examples[rank::world]
     trajs, stats = collect_trajectories(engine, mine, block_length, tau, topk, batch_size=batch_size,
                                         max_new_tokens=max_new_tokens, progress=progress, remasking=remasking,
-                                        tie_ratio=tie_ratio, tie_break=tie_break)
+                                        tie_ratio=tie_ratio, tie_break=tie_break, tie_margin=tie_margin)
     entry = {"teacher": str(teacher_dir), "tau": tau, "block_length": block_length, "remasking": remasking,
-             "tie_ratio": tie_ratio, "tie_break": tie_break}
+             "tie_ratio": tie_ratio, "tie_break": tie_break, "tie_margin": tie_margin}
     if world == 1:
         _save_atomic({"trajectories": trajs, "stats": stats, **entry}, path)
         return trajs, {**stats, "cached": False, "path": str(path)}
