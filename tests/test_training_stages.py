@@ -130,10 +130,10 @@ def fake_teacher(monkeypatch):
 
     def load_or_collect(cache_dir, teacher_dir, engine, examples, block_length, tau, topk=0, max_new_tokens=512,
                         progress=True, rank=0, world=1, barrier=None, remasking="low_confidence_dynamic",
-                        tie_ratio=0.0, tie_break="lowest_id", superset=None, batch_size=16):
+                        tie_ratio=0.0, tie_break="lowest_id", superset=None, batch_size=16, tie_margin=2.0):
         assert (rank, world) == (0, 1)
         calls.append(dict(teacher_dir=teacher_dir, n=len(examples), block_length=block_length, tau=tau,
-                          tie_ratio=tie_ratio, tie_break=tie_break, batch_size=batch_size))
+                          tie_ratio=tie_ratio, tie_break=tie_break, batch_size=batch_size, tie_margin=tie_margin))
         V = engine.model.get_output_embeddings().weight.shape[0]
         trajs = reference_trajectories(examples, block_length, engine.bb.tokenizer.eos_token_id, V)
         return trajs, {"kept": len(trajs), "dropped_unfinished": 0, "dropped_loop": 0, "cached": False}
