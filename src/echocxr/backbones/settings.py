@@ -43,6 +43,14 @@ def check_lookahead(lookahead: object, threshold: object) -> None:
         raise UserError(f"lookahead must be a whole number of blocks in 0..{MAX_LOOKAHEAD}, got {lookahead!r}")
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
         raise UserError(f"lookahead threshold must be in [0, 1], got {threshold!r}")
+
+
+def check_tie_margin(margin: object, what: str = "tie margin") -> None:
+    """The image tie-break's margin range, for a decode call and a training config's teacher alike."""
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0.0 <= margin <= 100.0:  # NaN too
+        raise UserError(f"{what} must be in [0, 100] nats, got {margin!r}")
+
+
 DEFAULT_LOOKAHEAD_THRESHOLD = 0.1
 LOOKAHEAD_REMASKING = ("low_confidence_dynamic", "low_entropy_dynamic")  # a look-ahead block commits by threshold
 

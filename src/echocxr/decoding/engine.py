@@ -29,6 +29,7 @@ from echocxr.backbones.settings import (
     PREFILL_MODES,
     TIE_BREAKS,
     check_lookahead,
+    check_tie_margin,
 )
 from echocxr.decoding.layout import Canvas, build_canvas
 from echocxr.decoding.results import DecodeEvent, Generation
@@ -121,8 +122,7 @@ class DecodeConfig:
             raise UserError("a tie ratio applies to greedy decoding only (temperature 0)")
         if self.tie_break not in TIE_BREAKS:
             raise UserError(f"unknown tie break {self.tie_break!r} (use one of: {', '.join(TIE_BREAKS)})")
-        if not 0.0 <= self.tie_margin <= 100.0:  # NaN fails too
-            raise UserError(f"tie margin must be in [0, 100] nats, got {self.tie_margin}")
+        check_tie_margin(self.tie_margin)
         if self.image_ties and (self.decoder == "ar" or self.lookahead > 0):
             raise UserError("--tie-break image applies to block decoding (multistep or onestep) without --lookahead")
         if not 0 < self.top_p <= 1.0 or self.top_k < 0:

@@ -6,7 +6,13 @@ import copy
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from echocxr.backbones.settings import DEFAULT_TIE_BREAK, DEFAULT_TIE_MARGIN, REMASKING_STRATEGIES, TIE_BREAKS
+from echocxr.backbones.settings import (
+    DEFAULT_TIE_BREAK,
+    DEFAULT_TIE_MARGIN,
+    REMASKING_STRATEGIES,
+    TIE_BREAKS,
+    check_tie_margin,
+)
 from echocxr.errors import UserError
 
 # the stages that distil a Base on its own trajectories (DCD and the baselines)
@@ -127,9 +133,7 @@ class TrainConfig:
         if not isinstance(breaks, dict) or not all(isinstance(k, str) and v in TIE_BREAKS for k, v in breaks.items()):
             raise UserError(f"trajectory_tie_break_by_language must map languages to one of {', '.join(TIE_BREAKS)}, "
                             f"got {breaks!r}")
-        margin = self.trajectory_tie_margin
-        if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0.0 <= margin <= 100.0:
-            raise UserError(f"trajectory_tie_margin must be in [0, 100] nats, got {margin!r}")
+        check_tie_margin(self.trajectory_tie_margin, "trajectory_tie_margin")
         if self.dcd_target not in ("soft", "hard"):
             raise UserError(f"dcd_target must be soft or hard, got {self.dcd_target!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
