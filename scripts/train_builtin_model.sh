@@ -27,7 +27,7 @@ STAGES_PLAN=0  # always run (the helper can also only list, for benchmarks/phant
 source scripts/lib/stages.sh
 stages_of() { if [ "$1" = 4 ]; then echo "rad-b4 dcd-b4"; else echo "rad-b8 rad-b8-continued dcd-b8"; fi; }
 train_length() {
-  if [ "$1" = 4 ]; then  # RAD 2,500 steps, then DCD (the recipe's trajectories: tie ratio 0.3 EN, 0.5 ZH)
+  if [ "$1" = 4 ]; then  # RAD 2,500 steps, then DCD (the recipe's trajectories: tie ratio 0.3, ZH with the image tie-break)
     stage rad-b4 rad --from "$RUN/ar/final" --block-length 4 --max-steps 2500
     stage dcd-b4 dcd --from "$RUN/rad-b4/final" --block-length 4
   else  # RAD 1,000 steps, 2,500 more from a warm restart (new warmup and cosine), then DCD

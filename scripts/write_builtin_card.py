@@ -40,6 +40,27 @@ def _config(run: Path, stage_dir: str) -> dict:
     return json.loads((run / stage_dir / "train_config.json").read_text())
 
 
+def tie_text(c: dict) -> str:
+    """How the DCD teacher broke near-ties, per language (ratio and rule, from the stage's train_config.json)."""
+    ratios = {**{lang: c.get("trajectory_tie_ratio", 0) for lang, _ in LANGUAGES},
+              **c.get("trajectory_tie_ratio_by_language", {})}
+    breaks = {**{lang: c.get("trajectory_tie_break", "lowest_id") for lang, _ in LANGUAGES},
+              **c.get("trajectory_tie_break_by_language", {})}
+    margin = c.get("trajectory_tie_margin", 2.0)
+
+    def rule(lang: str) -> str:
+        return ("lowest token id" if breaks[lang] == "lowest_id"
+                else f"lowest token id among those the image supports within {margin:g} nats")
+    if not any(ratios.values()):
+        return ""
+    if len(set(ratios.values())) == 1 and len(set(breaks.values())) == 1:
+        lang = LANGUAGES[0][0]
+        return f", near-ties within ratio {ratios[lang]:g} broken by {rule(lang)}"
+    return ", near-ties broken per language: " + ", ".join(
+        f"{name} ratio {ratios[lang]:g} by {rule(lang)}" if ratios[lang] else f"{name} none"
+        for lang, name in LANGUAGES)
+
+
 def recipe_text(run: Path, stage_dirs: list[str]) -> str:
     """The recipe as the run's own train_config.json files record it (never a hand-written step count)."""
     vision = json.loads((run / "vision" / "summary.json").read_text()).get("val_labels", {})
@@ -60,13 +81,7 @@ def recipe_text(run: Path, stage_dirs: list[str]) -> str:
             order = c.get("trajectory_remasking", "low_confidence_dynamic")
             order = ("decoded left to right" if order == "sequential"
                      else f"decoded most confident first, tau {c['tau']:g}")
-            ratios = {**{lang: c.get("trajectory_tie_ratio", 0) for lang, _ in LANGUAGES},
-                      **c.get("trajectory_tie_ratio_by_language", {})}
-            if len(set(ratios.values())) > 1:
-                order += ", near-ties broken canonically at tie ratio " + ", ".join(
-                    f"{ratios[lang]:g} ({name})" for lang, name in LANGUAGES)
-            elif any(ratios.values()):
-                order += f", near-ties broken canonically at tie ratio {next(iter(ratios.values())):g}"
+            order += tie_text(c)
             target = ("hard targets: cross-entropy on the tokens the teacher committed"
                       if c.get("dcd_target", "soft") == "hard" else "soft targets: KL to the teacher's distribution")
             studies = f"{c['max_examples']:,} studies per language" if c["max_examples"] else "every training study"
