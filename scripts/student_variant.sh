@@ -10,10 +10,11 @@
 #         --trajectory-tie-ratio 0.5 --trajectory-tie-ratio-for en=0.5
 # BASELINE: the student compared with (default dcd-b4, the one scripts/train_builtin_model.sh trains; RUN/BASELINE/
 # final; its summary.json, when there, names its trajectories). TIE_RATIO, TIE_BREAK: the tie ratio and tie-break
-# of the teacher the variant's trajectories come from (default the recipe's: 0.5, lowest_id; TIE_RATIO_en /
-# TIE_RATIO_zh, TIE_BREAK_en / TIE_BREAK_zh set one language's, the recipe's English ratio is 0.3); the teacher's left-to-right decode of the test
-# split is RUN/eval/rad-sequential-tie<R>[-<tie break>]-b4-LANG. BASE_TIE_RATIO[_en|_zh], BASE_TIE_BREAK: the
-# same for the baseline's teacher (default: the variant's ratios, lowest_id).
+# of the teacher the variant's trajectories come from; TIE_RATIO_en / TIE_RATIO_zh, TIE_BREAK_en / TIE_BREAK_zh set
+# one language's (defaults: the recipe's, 0.3 lowest_id in English, 0.3 image in Chinese); the teacher's
+# left-to-right decode of the test split is RUN/eval/rad-sequential-tie<R>[-<tie break>]-b4-LANG.
+# BASE_TIE_RATIO[_en|_zh], BASE_TIE_BREAK[_zh]: the same for the baseline's teacher (default: the variant's
+# ratios, and the recipe's tie-breaks).
 # Resumable: a finished training or evaluation is not run again. Results: benchmarks/results/builtin_model/
 # variants/NAME/ (table-LANG.md, summary-*.json, analysis.jsonl, train.json, COMMAND).
 set -euo pipefail
@@ -29,8 +30,11 @@ RECIPE=phantom-builtin
 BASELINE=${BASELINE:-dcd-b4}
 TIE_RATIO=${TIE_RATIO:-0.5}
 TIE_RATIO_en=${TIE_RATIO_en:-0.3}
+TIE_RATIO_zh=${TIE_RATIO_zh:-0.3}
+TIE_BREAK_zh=${TIE_BREAK_zh:-image}
 TIE_BREAK=${TIE_BREAK:-lowest_id}
 BASE_TIE_BREAK=${BASE_TIE_BREAK:-lowest_id}
+BASE_TIE_BREAK_zh=${BASE_TIE_BREAK_zh:-image}
 . scripts/lib/stages.sh  # stage, evaluate: the shared training stage and evaluation row
 DATA=$($P -c 'import json, sys; print(json.load(open(sys.argv[1]))["data"])' "$RUN/ar/summary.json")
 [ -f "$RUN/$BASELINE/final/config.json" ] || { echo "$RUN/$BASELINE/final: no baseline student" >&2; exit 1; }
@@ -51,7 +55,8 @@ for lang in en zh; do
   evaluate ar "$RUN/ar/final" $lang --decoder ar
   pairs=""
   break_var=TIE_BREAK_$lang
-  for who in "$BASELINE BASE_TIE_RATIO $BASE_TIE_BREAK" "$NAME TIE_RATIO ${!break_var:-$TIE_BREAK}"; do
+  base_break_var=BASE_TIE_BREAK_$lang
+  for who in "$BASELINE BASE_TIE_RATIO ${!base_break_var:-$BASE_TIE_BREAK}" "$NAME TIE_RATIO ${!break_var:-$TIE_BREAK}"; do
     read -r student prefix tie_break <<< "$who"
     read -r teacher ratio tie_break <<< "$(teacher_of $lang $prefix $tie_break)"
     evaluate "$teacher" "$RUN/rad-b4/final" $lang --decoder multistep --steps 4 --remasking sequential \
@@ -88,6 +93,6 @@ print(*(p if isinstance(p, list) else [p]))' "$RUN/$run/summary.json"); do
   done
 done
 vars="BASELINE=$BASELINE TIE_RATIO=$TIE_RATIO TIE_RATIO_en=$TIE_RATIO_en${TIE_RATIO_zh:+ TIE_RATIO_zh=$TIE_RATIO_zh}"
-vars="$vars${BASE_TIE_RATIO:+ BASE_TIE_RATIO=$BASE_TIE_RATIO} TIE_BREAK=$TIE_BREAK BASE_TIE_BREAK=$BASE_TIE_BREAK"
+vars="$vars${BASE_TIE_RATIO:+ BASE_TIE_RATIO=$BASE_TIE_RATIO} TIE_BREAK=$TIE_BREAK BASE_TIE_BREAK=$BASE_TIE_BREAK BASE_TIE_BREAK_zh=$BASE_TIE_BREAK_zh"
 vars="$vars${TIE_BREAK_en:+ TIE_BREAK_en=$TIE_BREAK_en}${TIE_BREAK_zh:+ TIE_BREAK_zh=$TIE_BREAK_zh}"
 echo "$vars bash scripts/student_variant.sh $RUN $NAME${ARGS:+ $ARGS}" > "$OUT/COMMAND"
