@@ -10,9 +10,10 @@
 #         --trajectory-tie-ratio 0.5 --trajectory-tie-ratio-for en=0.5
 # BASELINE: the student compared with (default dcd-b4, the one scripts/train_builtin_model.sh trains; RUN/BASELINE/
 # final; its summary.json, when there, names its trajectories). TIE_RATIO, TIE_BREAK: the tie ratio and tie-break
-# of the teacher the variant's trajectories come from; TIE_RATIO_en / TIE_RATIO_zh, TIE_BREAK_en / TIE_BREAK_zh set
-# one language's (defaults: the recipe's, 0.3 lowest_id in English, 0.3 image in Chinese); the teacher's
-# left-to-right decode of the test split is RUN/eval/rad-sequential-tie<R>[-<tie break>]-b4-LANG.
+# of the teacher the variant's trajectories come from, for both languages; TIE_RATIO_en / TIE_RATIO_zh,
+# TIE_BREAK_en / TIE_BREAK_zh set one language's (defaults: the recipe's, 0.3 lowest_id in English, 0.3 image in
+# Chinese); the teacher's left-to-right decode of the test split is RUN/eval/rad-sequential-tie<R>[-<tie
+# break>]-b4-LANG.
 # BASE_TIE_RATIO[_en|_zh], BASE_TIE_BREAK[_zh]: the same for the baseline's teacher (default: the variant's
 # ratios, and the recipe's tie-breaks).
 # Resumable: a finished training or evaluation is not run again. Results: benchmarks/results/builtin_model/
@@ -28,9 +29,9 @@ E=$PWD/.venv/bin/echocxr
 P=$PWD/.venv/bin/python
 RECIPE=phantom-builtin
 BASELINE=${BASELINE:-dcd-b4}
-TIE_RATIO=${TIE_RATIO:-0.5}
-TIE_RATIO_en=${TIE_RATIO_en:-0.3}
-TIE_RATIO_zh=${TIE_RATIO_zh:-0.3}
+TIE_RATIO=${TIE_RATIO:-0.3}
+TIE_RATIO_en=${TIE_RATIO_en:-$TIE_RATIO}
+TIE_RATIO_zh=${TIE_RATIO_zh:-$TIE_RATIO}
 TIE_BREAK_zh=${TIE_BREAK_zh:-image}
 TIE_BREAK=${TIE_BREAK:-lowest_id}
 BASE_TIE_BREAK=${BASE_TIE_BREAK:-lowest_id}

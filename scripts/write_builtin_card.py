@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from echocxr.backbones.card import write_model_card
+from echocxr.backbones.settings import DEFAULT_TIE_BREAK, DEFAULT_TIE_MARGIN
 
 ROWS = ("ar",) + tuple(f"{r}-b{L}" for L in (4, 8)
                        for r in ("rad-multistep", "rad-sequential", "rad-native-onestep", "dcd-onestep"))
@@ -44,9 +45,9 @@ def tie_text(c: dict) -> str:
     """How the DCD teacher broke near-ties, per language (ratio and rule, from the stage's train_config.json)."""
     ratios = {**{lang: c.get("trajectory_tie_ratio", 0) for lang, _ in LANGUAGES},
               **c.get("trajectory_tie_ratio_by_language", {})}
-    breaks = {**{lang: c.get("trajectory_tie_break", "lowest_id") for lang, _ in LANGUAGES},
+    breaks = {**{lang: c.get("trajectory_tie_break", DEFAULT_TIE_BREAK) for lang, _ in LANGUAGES},
               **c.get("trajectory_tie_break_by_language", {})}
-    margin = c.get("trajectory_tie_margin", 2.0)
+    margin = c.get("trajectory_tie_margin", DEFAULT_TIE_MARGIN)
 
     def rule(lang: str) -> str:
         return ("lowest token id" if breaks[lang] == "lowest_id"

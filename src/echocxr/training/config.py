@@ -190,9 +190,7 @@ RECIPES: dict[str, dict[str, dict]] = {
         # with the image tie-break, which keeps the finding-bearing token when it outscores a normal phrasing
         # by the image's evidence (§5: Chinese one-step report validity 82.5 -> 89.6)
         "dcd": dict(max_steps=3000, lr=5e-4, max_examples=0, trajectory_remasking="sequential",
-                    dcd_target="hard", trajectory_tie_ratio=0.5,
-                    trajectory_tie_ratio_by_language={"en": 0.3, "zh": 0.3},
-                    trajectory_tie_break_by_language={"zh": "image"}),
+                    dcd_target="hard", trajectory_tie_ratio=0.3, trajectory_tie_break_by_language={"zh": "image"}),
     },
     # one GPU, each stage within 20 minutes on an H100
     "phantom-small": {
