@@ -28,6 +28,11 @@
 # RAD ~20 min, each evaluation ~2-3 min: 17 distillations, 3 AR/RAD runs and ~80 evaluations, about 8 hours
 # with two lanes. Resumable: a finished stage (RUN_DIR/<stage>/final) is skipped, an interrupted one continues
 # from its last checkpoint, a finished evaluation (summary.json) is not run again.
+# Across sessions: every finished study evaluation is also kept in the repository, under
+# benchmarks/results/phantom_study/kept/ar-<hash of the AR model>/ (KEEP_EVALS overrides the folder, KEEP_EVALS=""
+# turns it off); in a new run folder with the built-in stages (scripts/builtin_stages.sh restore RUN_DIR), a kept
+# row is put back instead of evaluated, and a distillation whose rows are all kept is not trained. Commit the
+# kept folder at the end of a session.
 # GPU-ready: nothing here is CPU-specific; `echocxr train` and `echocxr eval` pick the device themselves (CUDA
 # when there is one), and threads per lane follow the core count. TPS of rows evaluated while the other lane
 # trains is measured on a shared machine: compare TPS within one study, TPF anywhere.
@@ -76,6 +81,28 @@ RAW=$RUN/raw-data
 teacher() { if [ "$1" = 4 ]; then echo rad-b4; else echo rad-b8-continued; fi; }
 hard_dir() { if [ "$1" = 4 ]; then echo dcd-b4; else echo "dcd-hard-b$1"; fi; }  # the built-in dcd-b4 is the recipe
 multistep() { echo "--decoder multistep --steps $1 --remasking low_confidence_dynamic --threshold 0.9"; }
+# Rows kept across sessions (scripts/lib/stages.sh, KEEP_EVALS): each finished study evaluation is copied to
+# $OUTDIR/kept/ar-<first 12 hex of the AR model's sha256>/, so rows of another AR model are never mixed in
+if [ -z "${KEEP_EVALS+set}" ] && [ -f "$RUN/ar/final/model.safetensors" ]; then
+  KEEP_EVALS=$OUTDIR/kept/ar-$(sha256sum "$RUN/ar/final/model.safetensors" | cut -c1-12)
+fi
+all_kept() {  # all_kept LANGS ROW...: every ROW is evaluated (or kept) in every language of LANGS
+  local langs=$1 row lang k; shift
+  [ ${#EXTRA_EVAL[@]} = 0 ] || return 1  # kept rows have the default settings
+  for row; do for lang in $langs; do
+    [ -f "$RUN/eval-study/$row-$lang/summary.json" ] && continue
+    k=$(kept_eval "$RUN/eval-study/$row-$lang"); [ -n "$k" ] && [ -f "$k" ] || return 1
+  done; done
+}
+stage_for() {  # stage_for "ROW..." DIR STAGE [args]: train DIR unless every row it is made for (EN, ZH) is kept
+  local rows=$1; shift
+  if [ ! -f "$RUN/$1/final/config.json" ] && all_kept "en zh" $rows; then
+    if [ "$STAGES_PLAN" = 1 ]; then echo "train done $1: not needed, its rows are kept ($rows)"
+    else echo "stage $1: not trained, its rows are kept ($rows)"; fi
+    return
+  fi
+  stage "$@"
+}
 
 study_eval() {  # study_eval MANIFEST ROW MODEL LANG [decoder args]: RUN/eval-study/ROW-LANG
   local manifest=$1 row=$2 model=$3 lang=$4; shift 4
@@ -106,18 +133,19 @@ grid() {  # every method at block length $1, from the teacher the built-in run t
     reuse "rad-multistep-b$L" "base-multistep-b$L" "$T" $lang $(multistep "$L")
     reuse "rad-native-onestep-b$L" "base-onestep-b$L" "$T" $lang --decoder onestep
   done
-  stage "dcd-soft-b$L" dcd "${base[@]}" --dcd-target soft
+  stage_for "dcd-soft-b$L" "dcd-soft-b$L" dcd "${base[@]}" --dcd-target soft
   eval_both "dcd-soft-b$L" "$RUN/dcd-soft-b$L/final" --decoder onestep
-  stage "$(hard_dir "$L")" dcd "${base[@]}"
+  if [ "$L" = 4 ]; then stage dcd-b4 dcd "${base[@]}"  # the built-in model itself (trained by its script)
+  else stage_for "dcd-hard-b$L" "$(hard_dir "$L")" dcd "${base[@]}"; fi
   if [ "$L" = 4 ]; then
     for lang in en zh; do reuse dcd-onestep-b4 dcd-hard-b4 "$RUN/dcd-b4/final" $lang --decoder onestep; done
   else
     eval_both "dcd-hard-b$L" "$RUN/$(hard_dir "$L")/final" --decoder onestep
   fi
-  stage "ce-b$L" dcd "${base[@]}" --dcd-target hard --no-sw --eos-ce 0
+  stage_for "ce-b$L" "ce-b$L" dcd "${base[@]}" --dcd-target hard --no-sw --eos-ce 0
   eval_both "ce-b$L" "$RUN/ce-b$L/final" --decoder onestep
   for b in $BASELINES; do
-    stage "$b-b$L" "$b" "${base[@]}"
+    stage_for "$b-b$L $b-onestep-b$L" "$b-b$L" "$b" "${base[@]}"
     eval_both "$b-b$L" "$RUN/$b-b$L/final"  # the decoding its paper reports (saved with the model)
     eval_both "$b-onestep-b$L" "$RUN/$b-b$L/final" --decoder onestep
   done
@@ -125,11 +153,11 @@ grid() {  # every method at block length $1, from the teacher the built-in run t
 
 ablations() {  # Table 2 at the shipped block length: DCD (soft) without SW, without <eos> CE, with reverse KL
   local S=$SHIP; local base=(--from "$RUN/$(teacher "$S")/final" --block-length "$S" --dcd-target soft)
-  stage "dcd-soft-nosw-b$S" dcd "${base[@]}" --no-sw
+  stage_for "dcd-soft-nosw-b$S" "dcd-soft-nosw-b$S" dcd "${base[@]}" --no-sw
   eval_both "dcd-soft-nosw-b$S" "$RUN/dcd-soft-nosw-b$S/final" --decoder onestep
-  stage "dcd-soft-noeos-b$S" dcd "${base[@]}" --eos-ce 0
+  stage_for "dcd-soft-noeos-b$S" "dcd-soft-noeos-b$S" dcd "${base[@]}" --eos-ce 0
   eval_both "dcd-soft-noeos-b$S" "$RUN/dcd-soft-noeos-b$S/final" --decoder onestep
-  stage "dcd-soft-rkl-b$S" dcd "${base[@]}" --rkl
+  stage_for "dcd-soft-rkl-b$S" "dcd-soft-rkl-b$S" dcd "${base[@]}" --rkl
   eval_both "dcd-soft-rkl-b$S" "$RUN/dcd-soft-rkl-b$S/final" --decoder onestep
 }
 
@@ -144,17 +172,18 @@ raw_data() {  # RUN/raw-data: the phantom set's raw (reporting-by-exception) man
 }
 
 raw() {  # Table 4: AR -> RAD -> DCD (soft) on raw reports, as the normalised pipeline at block length $SHIP
-  local S=$SHIP RT lang
+  local S=$SHIP RT lang rows="" r
+  for r in raw-ar raw-base-multistep-b$S raw-dcd-soft-b$S; do rows="$rows $r $r-normref"; done
   raw_data
-  stage raw-ar ar --from "$RUN/vision/final" --data "$RAW"
+  stage_for "$rows" raw-ar ar --from "$RUN/vision/final" --data "$RAW"
   if [ "$S" = 4 ]; then
-    stage raw-rad-b4 rad --from "$RUN/raw-ar/final" --data "$RAW" --block-length 4 --max-steps 2500; RT=raw-rad-b4
+    stage_for "$rows" raw-rad-b4 rad --from "$RUN/raw-ar/final" --data "$RAW" --block-length 4 --max-steps 2500; RT=raw-rad-b4
   else  # as the built-in L=8 teacher: 1,000 steps, then 2,500 more from a warm restart
-    stage raw-rad-b8 rad --from "$RUN/raw-ar/final" --data "$RAW" --block-length 8
-    stage raw-rad-b8-continued rad --from "$RUN/raw-rad-b8/final" --data "$RAW" --block-length 8 --max-steps 2500
+    stage_for "$rows" raw-rad-b8 rad --from "$RUN/raw-ar/final" --data "$RAW" --block-length 8
+    stage_for "$rows" raw-rad-b8-continued rad --from "$RUN/raw-rad-b8/final" --data "$RAW" --block-length 8 --max-steps 2500
     RT=raw-rad-b8-continued
   fi
-  stage "raw-dcd-soft-b$S" dcd --from "$RUN/$RT/final" --data "$RAW" --block-length "$S" --dcd-target soft
+  stage_for "$rows" "raw-dcd-soft-b$S" dcd --from "$RUN/$RT/final" --data "$RAW" --block-length "$S" --dcd-target soft
   for lang in en zh; do
     local m
     for m in raw norm; do  # scored against the raw test reports, and against the normalised ones (the paper's)
@@ -170,7 +199,14 @@ raw() {  # Table 4: AR -> RAD -> DCD (soft) on raw reports, as the normalised pi
 curve_steps() { local s; for s in $(seq "$CURVE_EVERY" "$CURVE_EVERY" "$CURVE_STEPS"); do echo "$s"; done
   [ $((CURVE_STEPS % CURVE_EVERY)) = 0 ] || echo "$CURVE_STEPS"; }
 curve() {  # Fig. 5: RAD at block length $SHIP keeping a checkpoint every $CURVE_EVERY steps, each decoded multi-step
-  local S=$SHIP step ck lang
+  local S=$SHIP step ck lang rows=""
+  for step in $(curve_steps); do rows="$rows $(printf 'rad-curve-b%s-step%07d' "$S" "$step")"; done
+  if [ ! -f "$RUN/rad-curve-b$S/final/config.json" ] && all_kept "$CURVE_LANGS" $rows; then
+    for step in $(curve_steps); do for lang in $CURVE_LANGS; do  # each row put back from what is kept
+      ev "$(printf 'rad-curve-b%s-step%07d' "$S" "$step")" "$RUN/rad-curve-b$S/kept" $lang
+    done; done
+    return
+  fi
   stage "rad-curve-b$S" rad --from "$RUN/ar/final" --block-length "$S" --max-steps "$CURVE_STEPS" \
     --save-every "$CURVE_EVERY" --keep-checkpoints 0
   for step in $(curve_steps); do

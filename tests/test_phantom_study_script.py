@@ -5,6 +5,7 @@ scripts/train_builtin_model.sh, which shares scripts/lib/stages.sh, is run the s
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -38,6 +39,7 @@ while [ $# -gt 0 ]; do
 done
 if [ "$cmd" = train ]; then
   mkdir -p "$out/final"; echo '{}' > "$out/final/config.json"
+  [ "${FAKE_WEIGHTS:-0}" = 1 ] && echo "weights of $out" > "$out/final/model.safetensors"
   printf '{"data": "%s"}' "$FAKE_DATA" > "$out/summary.json"; echo '{"stage": "x"}' > "$out/train_config.json"
   if [ "$keep" = 0 ]; then
     for ((s = every; s <= max; s += every)); do
@@ -288,3 +290,38 @@ def test_a_whole_study_against_a_stand_in_echocxr(fake_repo):
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert not [c for c in _calls(log) if c.startswith(("echocxr train", "echocxr eval --model"))]
+
+
+def test_rows_kept_in_the_repository_are_put_back_in_a_new_run_folder(fake_repo):
+    """A study spread over sessions: every study evaluation is kept under the AR model's hash, and a run folder
+    with only the built-in stages gets them back without training or evaluating anything again."""
+    repo, env, log = fake_repo
+    env = {**env, "FAKE_WEIGHTS": "1"}
+    (repo / "benchmarks" / "phantom_study_tables.py").write_text(TABLES_STUB)
+    res = subprocess.run(["bash", "benchmarks/phantom_study.sh", "runs/s"], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = repo / "runs" / "s"
+    key = hashlib.sha256((run / "ar" / "final" / "model.safetensors").read_bytes()).hexdigest()[:12]
+    kept = repo / "benchmarks" / "results" / "phantom_study" / "kept" / f"ar-{key}" / "eval-study"
+    study = sorted(p.parent.name for p in (run / "eval-study").glob("*/summary.json"))
+    assert study and sorted(p.stem for p in kept.glob("*.json")) == study
+    # a new session: only the built-in run's stages and evaluations survive
+    for d in run.iterdir():
+        if d.name not in ("vision", "ar", "rad-b4", "dcd-b4", "rad-b8", "rad-b8-continued", "dcd-b8", "eval"):
+            shutil.rmtree(d) if d.is_dir() and not d.is_symlink() else d.unlink()
+    log.unlink()
+    listing = subprocess.run(["bash", "benchmarks/phantom_study.sh", "--list", "runs/s"], cwd=repo, env=env,
+                             capture_output=True, text=True, timeout=120).stdout.splitlines()
+    assert not [ln for ln in listing if " todo " in ln], listing
+    res = subprocess.run(["bash", "benchmarks/phantom_study.sh", "runs/s"], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not [c for c in _calls(log) if c.startswith(("echocxr train", "echocxr eval --model"))]
+    assert sorted(p.parent.name for p in (run / "eval-study").glob("*/summary.json")) == study
+    # another AR model (in a folder without the study's evaluations): nothing kept applies
+    (run / "ar" / "final" / "model.safetensors").write_text("other weights")
+    shutil.rmtree(run / "eval-study")
+    listing = subprocess.run(["bash", "benchmarks/phantom_study.sh", "--list", "runs/s"], cwd=repo, env=env,
+                             capture_output=True, text=True, timeout=120).stdout.splitlines()
+    assert [ln for ln in listing if ln.startswith("train todo dcd-soft-b4:")]  # not trained in this folder
