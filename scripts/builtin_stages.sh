@@ -14,7 +14,7 @@ usage="usage: bash scripts/builtin_stages.sh keep|restore RUN_DIR"
 [ $# -eq 2 ] || { echo "$usage" >&2; exit 2; }
 ACTION=$1
 RUN=$2
-KEPT=benchmarks/results/builtin_model/stages
+KEPT=${KEPT:-benchmarks/results/builtin_model/stages}  # KEPT=DIR: another run's stages (e.g. a variant's)
 STAGES=${STAGES:-"vision ar rad-b4"}
 case $ACTION in
   keep)

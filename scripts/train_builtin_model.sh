@@ -39,7 +39,7 @@ train_length() {
   fi
 }
 teacher() { if [ "$1" = 4 ]; then echo rad-b4; else echo rad-b8-continued; fi; }
-stage vision vision
+stage vision vision ${VISION_STEPS:+--max-steps "$VISION_STEPS"}  # VISION_STEPS=N: another length (STUDY.md §7)
 stage ar ar --from "$RUN/vision/final"
 for L in $LENGTHS; do train_length "$L"; done
 # the phantom set the recipe rendered (its summary names it: the cache, or beside older runs)
@@ -76,4 +76,4 @@ if [ "${INSTALL:-0}" = 1 ]; then
   rm -rf src/echocxr/assets/demo_model && mkdir -p src/echocxr/assets
   cp -r "$RUN/dcd-b$SHIP/final" src/echocxr/assets/demo_model
 fi
-echo "SHIP=$SHIP LENGTHS=\"$LENGTHS\" INSTALL=${INSTALL:-0} bash scripts/train_builtin_model.sh $RUN" > $OUTDIR/COMMAND
+echo "${VISION_STEPS:+VISION_STEPS=$VISION_STEPS }SHIP=$SHIP LENGTHS=\"$LENGTHS\" INSTALL=${INSTALL:-0} bash scripts/train_builtin_model.sh $RUN" > $OUTDIR/COMMAND

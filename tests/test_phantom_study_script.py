@@ -325,3 +325,13 @@ def test_rows_kept_in_the_repository_are_put_back_in_a_new_run_folder(fake_repo)
     listing = subprocess.run(["bash", "benchmarks/phantom_study.sh", "--list", "runs/s"], cwd=repo, env=env,
                              capture_output=True, text=True, timeout=120).stdout.splitlines()
     assert [ln for ln in listing if ln.startswith("train todo dcd-soft-b4:")]  # not trained in this folder
+
+
+def test_builtin_script_takes_another_vision_length(fake_repo):
+    repo, env, log = fake_repo
+    res = subprocess.run(["bash", "scripts/train_builtin_model.sh", "runs/v"], cwd=repo,
+                         env={**env, "VISION_STEPS": "3400"}, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert _calls(log)[0].endswith("--out runs/v/vision --no-progress --max-steps 3400")
+    command = (repo / "benchmarks" / "results" / "builtin_model" / "COMMAND").read_text()
+    assert command.startswith("VISION_STEPS=3400 SHIP=4 ")
