@@ -5,7 +5,8 @@ validity) beside a screenshot of every case.
 
     .venv/bin/python scripts/page_check.py [--model builtin] [--out DIR] [--decoders "" multistep]
 
-Writes DIR/page_check.json and DIR/<example>-<lang>-<decoder>.png. Needs Debian's chromium and chromium-driver.
+Writes DIR/page_check.json and DIR/<example>-<lang>-<decoder>.png. Needs Debian's chromium and chromium-driver,
+and a CJK font for readable Chinese screenshots (e.g. fonts-wqy-zenhei; the reports are read from the page either way).
 """
 
 from __future__ import annotations
