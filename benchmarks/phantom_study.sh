@@ -94,9 +94,10 @@ all_kept() {  # all_kept LANGS ROW...: every ROW is evaluated (or kept) in every
     k=$(kept_eval "$RUN/eval-study/$row-$lang"); [ -n "$k" ] && [ -f "$k" ] || return 1
   done; done
 }
-stage_for() {  # stage_for "ROW..." DIR STAGE [args]: train DIR unless every row it is made for (EN, ZH) is kept
+stage_for() {  # stage_for "ROW..." DIR STAGE [args]: train DIR unless every row it is made for is kept
+  # (in EN and ZH, or in the caller's KEPT_LANGS)
   local rows=$1; shift
-  if [ ! -f "$RUN/$1/final/config.json" ] && all_kept "en zh" $rows; then
+  if [ ! -f "$RUN/$1/final/config.json" ] && all_kept "${KEPT_LANGS:-en zh}" $rows; then
     if [ "$STAGES_PLAN" = 1 ]; then echo "train done $1: not needed, its rows are kept ($rows)"
     else echo "stage $1: not trained, its rows are kept ($rows)"; fi
     return
@@ -135,11 +136,11 @@ grid() {  # every method at block length $1, from the teacher the built-in run t
   done
   stage_for "dcd-soft-b$L" "dcd-soft-b$L" dcd "${base[@]}" --dcd-target soft
   eval_both "dcd-soft-b$L" "$RUN/dcd-soft-b$L/final" --decoder onestep
-  if [ "$L" = 4 ]; then stage dcd-b4 dcd "${base[@]}"  # the built-in model itself (trained by its script)
-  else stage_for "dcd-hard-b$L" "$(hard_dir "$L")" dcd "${base[@]}"; fi
-  if [ "$L" = 4 ]; then
+  if [ "$L" = 4 ]; then  # the built-in model itself (trained by its script)
+    stage dcd-b4 dcd "${base[@]}"
     for lang in en zh; do reuse dcd-onestep-b4 dcd-hard-b4 "$RUN/dcd-b4/final" $lang --decoder onestep; done
   else
+    stage_for "dcd-hard-b$L" "$(hard_dir "$L")" dcd "${base[@]}"
     eval_both "dcd-hard-b$L" "$RUN/$(hard_dir "$L")/final" --decoder onestep
   fi
   stage_for "ce-b$L" "ce-b$L" dcd "${base[@]}" --dcd-target hard --no-sw --eos-ce 0
@@ -198,23 +199,18 @@ raw() {  # Table 4: AR -> RAD -> DCD (soft) on raw reports, as the normalised pi
 
 curve_steps() { local s; for s in $(seq "$CURVE_EVERY" "$CURVE_EVERY" "$CURVE_STEPS"); do echo "$s"; done
   [ $((CURVE_STEPS % CURVE_EVERY)) = 0 ] || echo "$CURVE_STEPS"; }
+curve_row() { printf 'rad-curve-b%s-step%07d' "$SHIP" "$1"; }  # curve_row STEP: the row of one checkpoint
 curve() {  # Fig. 5: RAD at block length $SHIP keeping a checkpoint every $CURVE_EVERY steps, each decoded multi-step
-  local S=$SHIP step ck lang rows=""
-  for step in $(curve_steps); do rows="$rows $(printf 'rad-curve-b%s-step%07d' "$S" "$step")"; done
-  if [ ! -f "$RUN/rad-curve-b$S/final/config.json" ] && all_kept "$CURVE_LANGS" $rows; then
-    for step in $(curve_steps); do for lang in $CURVE_LANGS; do  # each row put back from what is kept
-      ev "$(printf 'rad-curve-b%s-step%07d' "$S" "$step")" "$RUN/rad-curve-b$S/kept" $lang
-    done; done
-    return
-  fi
-  stage "rad-curve-b$S" rad --from "$RUN/ar/final" --block-length "$S" --max-steps "$CURVE_STEPS" \
+  local S=$SHIP step ck lang rows="" KEPT_LANGS=$CURVE_LANGS  # stage_for checks the curve's languages
+  for step in $(curve_steps); do rows="$rows $(curve_row "$step")"; done
+  stage_for "$rows" "rad-curve-b$S" rad --from "$RUN/ar/final" --block-length "$S" --max-steps "$CURVE_STEPS" \
     --save-every "$CURVE_EVERY" --keep-checkpoints 0
   for step in $(curve_steps); do
     ck=$(printf '%s/rad-curve-b%s/checkpoint-%07d' "$RUN" "$S" "$step")
-    if [ "$STAGES_PLAN" != 1 ] && [ ! -f "$ck/config.json" ]; then echo "rad-curve: no $ck, skipped" >&2; continue; fi
-    for lang in $CURVE_LANGS; do
-      ev "$(printf 'rad-curve-b%s-step%07d' "$S" "$step")" "$ck" $lang $(multistep "$S")
-    done
+    if [ "$STAGES_PLAN" != 1 ] && [ ! -f "$ck/config.json" ] && ! all_kept "$CURVE_LANGS" "$(curve_row "$step")"; then
+      echo "rad-curve: no $ck, skipped" >&2; continue
+    fi
+    for lang in $CURVE_LANGS; do ev "$(curve_row "$step")" "$ck" $lang $(multistep "$S"); done
   done
 }
 raw_and_curve() { raw; curve; }

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import httpx
 
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
-         "--disable-background-networking", "--window-size=1280,1100")
+CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage")
 
 
 def free_port() -> int:
@@ -50,22 +51,23 @@ def start_server(model: str, port: int) -> subprocess.Popen:
     raise SystemExit("echocxr serve did not answer within 5 minutes")
 
 
-def browser(profile: Path):
+def headless_chromium(profile: Path, window: str = "1280,1100"):
+    """Selenium's Chrome driver on Debian's chromium (tests/test_webpage.py opens its browser here too)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver")
     if not (chromium and driver):
         raise SystemExit("needs chromium and chromedriver (Debian: chromium chromium-driver)")
     opts = Options()
     opts.binary_location = chromium
-    for flag in FLAGS:
+    for flag in (*CHROME_FLAGS, f"--window-size={window}"):
         opts.add_argument(flag)
     opts.add_argument(f"--user-data-dir={profile}")
     drv = webdriver.Chrome(service=Service(executable_path=driver), options=opts)
-    drv.set_page_load_timeout(120)
+    drv.set_page_load_timeout(120)  # upper bounds: a busy shared machine starves the renderer
     return drv
 
 
@@ -105,10 +107,9 @@ def main() -> int:
     server = start_server(args.model, port)
     rows = []
     try:
-        examples = httpx.get(url + "/examples", timeout=30).json()
-        examples = examples.get("examples", examples) if isinstance(examples, dict) else examples
+        examples = httpx.get(url + "/examples", timeout=30).json()["examples"]
         with tempfile.TemporaryDirectory() as profile:
-            drv = browser(Path(profile))
+            drv = headless_chromium(Path(profile))
             try:
                 for i, ex in enumerate(examples):
                     truth = sorted(f.replace(" ", "_") for f in ex["findings"] if f != "no finding")

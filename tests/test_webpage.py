@@ -6,6 +6,7 @@ Set ECHOCXR_SCREENSHOT_DIR to keep the screenshots it takes.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from pathlib import Path
@@ -26,9 +27,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not in
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
                                 reason="headless browser test needs Debian packages chromium and chromium-driver")
 
-CHROME_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,900")
+PAGE_CHECK = Path(__file__).resolve().parents[1] / "scripts" / "page_check.py"
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +43,10 @@ def server(tiny_vl_dir):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in CHROME_FLAGS:
-        opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    drv = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
-    drv.set_page_load_timeout(120)  # upper bounds: a busy shared machine starves the renderer
+    spec = importlib.util.spec_from_file_location("page_check", PAGE_CHECK)
+    page_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(page_check)
+    drv = page_check.headless_chromium(tmp_path_factory.mktemp("chromium-profile"), window="1280,900")
     yield drv
     drv.quit()
 

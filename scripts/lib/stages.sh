@@ -41,11 +41,11 @@ evaluate_on() {  # evaluate_on MANIFEST OUT_DIR MODEL [decoder args]
       "--gen-batch-size 16 --protocol raw --out $out${*:+ $*}"
     return
   fi
-  if [ ! -f "$out/summary.json" ] && [ -n "$kept" ] && [ -f "$kept" ]; then
-    mkdir -p "$out" && cp "$kept" "$out/summary.json" && echo "eval ${out#"$RUN"/}: kept in $kept"
-    return
-  fi
   if [ ! -f "$out/summary.json" ]; then
+    if [ -n "$kept" ] && [ -f "$kept" ]; then
+      mkdir -p "$out" && cp "$kept" "$out/summary.json" && echo "eval ${out#"$RUN"/}: kept in $kept"
+      return
+    fi
     $E eval --model "$model" --manifest "$manifest" --max-new-tokens 256 --gen-batch-size 16 \
       --protocol raw --out "$out" "$@"
   fi
